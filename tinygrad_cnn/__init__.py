@@ -1,0 +1,14 @@
+"""tinygrad_cnn: a small, fast, honest deep-learning framework on numpy.
+
+    import tinygrad_cnn as tc
+    from tinygrad_cnn import Tensor, no_grad, gradcheck
+    import tinygrad_cnn.functional as F
+"""
+from .tensor import Tensor, no_grad, enable_grad, is_grad_enabled, zeros, ones, randn
+from .gradcheck import gradcheck, GradcheckError
+from . import ops, functional
+
+__version__ = "0.1.0"
+
+__all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "zeros", "ones", "randn",
+           "gradcheck", "GradcheckError", "ops", "functional"]

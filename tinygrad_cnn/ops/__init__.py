@@ -1,0 +1,36 @@
+"""The primitive ops: each one's forward and hand-written VJP, side by side, in one registry.
+
+``REGISTRY`` maps an op's name to its class; ``registry()`` lists them. Everything else in
+the framework (functional, nn, models) is composed from these, so their gradients come from
+the graph. Adding an op: write the class in one of the modules below, decorate it with
+``@register``, and add its property test in ``tests/test_ops_gradcheck.py`` (the suite fails
+for a registered op without one).
+"""
+from ..tensor import Op
+
+REGISTRY: dict[str, type[Op]] = {}
+
+
+def register(cls):
+    """Add a primitive to the registry under ``cls.name`` (names are unique)."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"register: an op named {cls.name!r} is already registered ({REGISTRY[cls.name].__name__})")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Op]]:
+    """A copy of the registry: op name -> op class."""
+    return dict(REGISTRY)
+
+
+from .elementwise import Add, Sub, Mul, Div, Neg, Pow, Exp, Log, Maximum, Relu, Sigmoid, Tanh, Cast  # noqa: E402
+from .reduce import Sum, Max, LogSoftmax  # noqa: E402
+from .shape import Reshape, Transpose, GetItem, Pad  # noqa: E402
+from .linalg import Matmul  # noqa: E402
+from .conv import Im2col, Col2im, MaxPool2d  # noqa: E402
+
+__all__ = ["Op", "REGISTRY", "register", "registry",
+           "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Maximum", "Relu", "Sigmoid", "Tanh",
+           "Cast", "Sum", "Max", "LogSoftmax", "Reshape", "Transpose", "GetItem", "Pad", "Matmul",
+           "Im2col", "Col2im", "MaxPool2d"]

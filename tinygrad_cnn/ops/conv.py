@@ -1,0 +1,179 @@
+"""Sliding-window primitives on NCHW tensors: im2col, its adjoint col2im, and max-pooling.
+
+Layout: ``im2col`` turns (N, C, H, W) into columns of shape (C*kH*kW, N*Ho*Wo): row
+(c, i, j) holds input channel c shifted by kernel offset (i, j), for every output pixel
+(n, ho, wo). Then a convolution is one GEMM, ``W.reshape(C_out, -1) @ cols``, in the
+orientation that runs fastest for the skinny shapes of small CNNs, and each copy moves
+whole image rows. Padding is folded in: out-of-range taps are left as zeros, so no padded
+copy of the input is ever made. All loops run over the kH*kW kernel offsets only; each
+iteration is one vectorised copy of every image and channel at once.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from ..backend import array_module, is_floating
+from . import Op, register
+
+
+def as_pair(name, what, value):
+    """An int or a pair of ints as a pair of ints, or a clear error."""
+    try:
+        if isinstance(value, (tuple, list)):
+            if len(value) != 2:
+                raise TypeError
+            return operator.index(value[0]), operator.index(value[1])
+        v = operator.index(value)
+        return v, v
+    except TypeError:
+        raise TypeError(f"{name}: {what} must be an int or a pair of ints; got {value!r}") from None
+
+
+def window_geometry(name, x_shape, kernel_size, stride, padding):
+    """Validate a sliding window over the last two axes; return (kernel, stride, padding, out_hw)."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{name}: expects a 4-d NCHW tensor; got shape {tuple(x_shape)}")
+    kh, kw = as_pair(name, "kernel_size", kernel_size)
+    sh, sw = as_pair(name, "stride", stride)
+    ph, pw = as_pair(name, "padding", padding)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{name}: kernel_size must be positive; got {(kh, kw)}")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"{name}: stride must be positive; got {(sh, sw)}")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"{name}: padding must be non-negative; got {(ph, pw)}")
+    H, W = x_shape[2], x_shape[3]
+    if kh > H + 2 * ph or kw > W + 2 * pw:
+        raise ValueError(f"{name}: kernel {kh}x{kw} is larger than the padded input "
+                         f"{H + 2 * ph}x{W + 2 * pw} (input {H}x{W}, padding {(ph, pw)})")
+    out_hw = ((H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
+    return (kh, kw), (sh, sw), (ph, pw), out_hw
+
+
+def _taps(offset, pad, stride, size, out_size):
+    """For kernel offset ``offset``: the output range [lo, hi) whose input tap is inside the
+    image, and the matching input slice."""
+    lo = max(0, -((offset - pad) // stride))
+    hi = min(out_size, (size - 1 + pad - offset) // stride + 1)
+    if lo >= hi:
+        return lo, lo, None
+    start = lo * stride + offset - pad
+    return lo, hi, slice(start, start + (hi - lo - 1) * stride + 1, stride)
+
+
+def im2col_array(x, kernel, stride, padding, out_hw):
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    xp = array_module(x)
+    alloc = xp.zeros if (ph or pw) else xp.empty  # without padding every tap is written
+    cols = alloc((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+    xt = x.transpose(1, 0, 2, 3)
+    for i in range(kh):
+        r0, r1, rows = _taps(i, ph, sh, H, Ho)
+        if rows is None:
+            continue
+        for j in range(kw):
+            c0, c1, cs = _taps(j, pw, sw, W, Wo)
+            if cs is not None:
+                cols[:, i, j, :, r0:r1, c0:c1] = xt[:, :, rows, cs]
+    return cols.reshape(C * kh * kw, N * Ho * Wo)
+
+
+def col2im_array(cols, x_shape, kernel, stride, padding, out_hw):
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    xp = array_module(cols)
+    c6 = cols.reshape(C, kh, kw, N, Ho, Wo)
+    out = xp.zeros((C, N, H, W), dtype=cols.dtype)
+    for i in range(kh):
+        r0, r1, rows = _taps(i, ph, sh, H, Ho)
+        if rows is None:
+            continue
+        for j in range(kw):
+            c0, c1, cs = _taps(j, pw, sw, W, Wo)
+            if cs is not None:
+                out[:, :, rows, cs] += c6[:, i, j, :, r0:r1, c0:c1]
+    return out.transpose(1, 0, 2, 3)
+
+
+@register
+class Im2col(Op):
+    """(N, C, H, W) -> (C*kH*kW, N*Ho*Wo) patch columns; its VJP is col2im."""
+
+    name = "im2col"
+
+    def forward(self, x, kernel_size, stride=1, padding=0):
+        self.geometry = window_geometry(self.name, x.shape, kernel_size, stride, padding)
+        self.in_shape = x.shape
+        return im2col_array(x, *self.geometry)
+
+    def backward(self, g):
+        return col2im_array(g, self.in_shape, *self.geometry)
+
+
+@register
+class Col2im(Op):
+    """(C*kH*kW, N*Ho*Wo) columns -> (N, C, H, W), summing overlapping taps; its VJP is im2col."""
+
+    name = "col2im"
+
+    def forward(self, cols, input_shape, kernel_size, stride=1, padding=0):
+        self.in_shape = tuple(int(n) for n in input_shape)
+        self.geometry = window_geometry(self.name, self.in_shape, kernel_size, stride, padding)
+        (kh, kw), _, _, (Ho, Wo) = self.geometry
+        N, C = self.in_shape[:2]
+        expected = (C * kh * kw, N * Ho * Wo)
+        if cols.shape != expected:
+            raise ValueError(f"col2im: columns of shape {cols.shape} do not fit input shape {self.in_shape} "
+                             f"with kernel {(kh, kw)}: expected {expected}")
+        return col2im_array(cols, self.in_shape, *self.geometry)
+
+    def backward(self, g):
+        return im2col_array(g, *self.geometry)
+
+
+@register
+class MaxPool2d(Op):
+    """Max over each kH x kW window (padding counts as -inf). The argmax is saved as the
+    window offset of the first maximum, so ties go to the first element, as in PyTorch."""
+
+    name = "max_pool2d"
+
+    def forward(self, x, kernel_size, stride=None, padding=0):
+        if not is_floating(x.dtype):
+            raise TypeError(f"max_pool2d: expects a floating-point tensor; got dtype {x.dtype}")
+        stride = kernel_size if stride is None else stride
+        (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = window_geometry(self.name, x.shape, kernel_size, stride, padding)
+        if 2 * ph > kh or 2 * pw > kw:
+            raise ValueError(f"max_pool2d: padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
+        xp = array_module(x)
+        src = x if not (ph or pw) else xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+        out = None
+        arg = xp.zeros(x.shape[:2] + (Ho, Wo), dtype=np.uint8 if kh * kw <= 255 else np.int32)
+        self.windows = []
+        for i in range(kh):
+            for j in range(kw):
+                window = (slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh),
+                          slice(j, j + (Wo - 1) * sw + 1, sw))
+                self.windows.append(window)
+                tap = src[window]
+                if out is None:
+                    out = tap.copy()
+                    continue
+                better = tap > out  # strict: an equal later tap does not take over
+                xp.copyto(out, tap, where=better)
+                xp.copyto(arg, len(self.windows) - 1, where=better)
+        self.save(arg)
+        self.in_shape, self.padded_shape, self.pad = x.shape, src.shape, (ph, pw)
+        return out
+
+    def backward(self, g):
+        (arg,) = self.saved
+        xp = array_module(g)
+        gx = xp.zeros(self.padded_shape, dtype=g.dtype)
+        for k, window in enumerate(self.windows):
+            gx[window] += g * (arg == k)
+        (ph, pw), (H, W) = self.pad, self.in_shape[2:]
+        return gx[:, :, ph:ph + H, pw:pw + W]

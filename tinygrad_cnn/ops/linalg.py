@@ -1,0 +1,54 @@
+"""Matrix multiplication: numpy's ``@`` semantics (1-d operands, batched and broadcast stacks)."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import Op, register
+
+
+def _check_matmul(a, b):
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: operands must be at least 1-d; got shapes {a.shape} and {b.shape}")
+    k_a = a.shape[-1]
+    k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if k_a != k_b:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: the last axis of the "
+                         f"first ({k_a}) must equal the {'only' if b.ndim == 1 else 'second-to-last'} axis "
+                         f"of the second ({k_b})")
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch shapes {a.shape[:-2]} and {b.shape[:-2]} (of {a.shape} and "
+                         f"{b.shape}) do not broadcast") from None
+
+
+def _swap(m):
+    return m.swapaxes(-1, -2)
+
+
+@register
+class Matmul(Op):
+    name = "matmul"
+
+    def forward(self, a, b):
+        _check_matmul(a, b)
+        self.save(a, b)
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.saved
+        need_a, need_b = self.needs_input_grad
+        if a.ndim == 1 and b.ndim == 1:  # inner product: g is a scalar
+            return (g * b if need_a else None), (g * a if need_b else None)
+        # Treat 1-d operands as a row (a) or a column (b) and restore the dropped axis of g.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g[..., None, :] if a.ndim == 1 else g
+        g2 = g2[..., None] if b.ndim == 1 else g2
+        ga = g2 @ _swap(b2) if need_a else None
+        gb = None
+        if need_b:
+            gb = _swap(a2) @ g2
+            if b.ndim == 1:
+                gb = gb[..., 0]
+        return ga, gb  # batch axes are summed back to each input's shape by the engine
