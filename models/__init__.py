@@ -1,0 +1,9 @@
+"""Models written as plain forward code on top of ``tinygrad_cnn``. ``MODELS`` maps the names
+the training scripts accept to constructors."""
+from .seed_cnn import SeedCNN
+from .fc_baseline import FCBaseline
+from .fast_cnn import FastCNN
+
+MODELS = {"seed_cnn": SeedCNN, "fc": FCBaseline, "fast_cnn": FastCNN}
+
+__all__ = ["SeedCNN", "FCBaseline", "FastCNN", "MODELS"]

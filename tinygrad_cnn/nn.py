@@ -1,0 +1,390 @@
+"""Modules: parameters and sub-modules registered by assignment, PyTorch's names and shapes.
+
+A model is a ``Module`` whose ``forward`` is plain Python on tensors; its gradient comes
+from the graph. Assigning a ``Parameter`` or a ``Module`` as an attribute registers it, so
+``named_parameters()`` and ``state_dict()`` give PyTorch's dotted names (``conv1.weight``,
+``features.0.bias``) with PyTorch's shapes: a state_dict moves between the two frameworks.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import NamedTuple
+
+import numpy as np
+
+from . import functional as F
+from .backend import is_floating
+from .io import CheckpointError, load_arrays, save_arrays
+from .rng import default_generator
+from .tensor import Tensor, scope
+
+__all__ = ["Parameter", "Module", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Sequential",
+           "BatchNorm2d", "Dropout", "Identity"]
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module learns: requires grad by default and is listed by ``parameters()``."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad=True):
+        super().__init__(data.data if isinstance(data, Tensor) else data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: list
+    unexpected_keys: list
+
+
+class Module:
+    """Base class of every layer and model. Subclasses call ``super().__init__()`` first,
+    assign parameters/sub-modules as attributes, and define ``forward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # --- registration by assignment ------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        for store in (self._parameters, self._modules, self._buffers):
+            store.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+            return
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        for store in ("_parameters", "_modules", "_buffers"):
+            if store in d and name in d[store]:
+                return d[store][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._modules, self._buffers):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, array):
+        """State that is saved in ``state_dict`` but not learned (e.g. BatchNorm running stats)."""
+        self.__dict__.pop(name, None)
+        self._buffers[name] = np.asarray(array)
+
+    def register_module(self, name, module):
+        self.__setattr__(name, module)
+
+    # --- calling ---------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        with scope(self):  # ops recorded here are tagged with this module (graph views group them)
+            return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    # --- traversal -------------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and all below it, depth first, each once."""
+        seen, stack = set(), [(prefix, self)]
+        while stack:
+            name, m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            children = [(f"{name}.{k}" if name else k, c) for k, c in m._modules.items() if c is not None]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix="", recurse=True):
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mname, m in mods:
+            for pname, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self, recurse=True):
+        return (p for _, p in self.named_parameters(recurse=recurse))
+
+    def named_buffers(self, prefix=""):
+        for mname, m in self.named_modules(prefix):
+            for bname, b in m._buffers.items():
+                yield (f"{mname}.{bname}" if mname else bname), b
+
+    def buffers(self):
+        return (b for _, b in self.named_buffers())
+
+    def num_parameters(self):
+        return sum(p.numel() for p in self.parameters())
+
+    # --- modes and gradients ------------------------------------------------------------------
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def astype(self, dtype):
+        """Convert every parameter and floating buffer to ``dtype`` in place (e.g. float64 for gradcheck)."""
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = p.data.astype(dtype)
+                p.grad = None
+            for k, b in m._buffers.items():
+                if is_floating(b.dtype):
+                    m._buffers[k] = b.astype(dtype)
+        return self
+
+    # --- state ----------------------------------------------------------------------------------
+    def state_dict(self):
+        """{dotted name: ndarray copy} of parameters and buffers, in registration order."""
+        out = OrderedDict()
+        for mname, m in self.named_modules():
+            for name, p in m._parameters.items():
+                out[f"{mname}.{name}" if mname else name] = np.array(p.data, copy=True)
+            for name, b in m._buffers.items():
+                out[f"{mname}.{name}" if mname else name] = np.array(b, copy=True)
+        return out
+
+    def _state_slots(self):
+        """{dotted name: (owner module, attribute, kind)} for every parameter and buffer."""
+        slots = OrderedDict()
+        for mname, m in self.named_modules():
+            for name in m._parameters:
+                slots[f"{mname}.{name}" if mname else name] = (m, name, "param")
+            for name in m._buffers:
+                slots[f"{mname}.{name}" if mname else name] = (m, name, "buffer")
+        return slots
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values in by name. With ``strict``, any missing, unexpected or wrong-shaped key is
+        an error listing them all; otherwise the missing and unexpected keys are returned."""
+        slots = self._state_slots()
+        missing = [k for k in slots if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in slots]
+        wrong = [f"{k}: expected {self._slot_value(slots[k]).shape}, got {np.shape(state_dict[k])}"
+                 for k in slots if k in state_dict and np.shape(state_dict[k]) != self._slot_value(slots[k]).shape]
+        problems = []
+        if wrong:
+            problems.append("wrong shape for " + "; ".join(wrong))
+        if strict and missing:
+            problems.append("missing keys " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys " + ", ".join(unexpected))
+        if problems:
+            raise KeyError(f"load_state_dict: {type(self).__name__}: " + " | ".join(problems))
+        for k, (m, name, kind) in slots.items():
+            if k not in state_dict:
+                continue
+            value = np.asarray(state_dict[k])
+            if kind == "param":
+                p = m._parameters[name]
+                p.data = value.astype(p.dtype, copy=True)
+            else:
+                m._buffers[name] = value.astype(m._buffers[name].dtype, copy=True)
+        return IncompatibleKeys(missing, unexpected)
+
+    @staticmethod
+    def _slot_value(slot):
+        m, name, kind = slot
+        return m._parameters[name].data if kind == "param" else m._buffers[name]
+
+    def save(self, path):
+        """Write ``state_dict()`` to an ``.npz`` file atomically (no pickle)."""
+        save_arrays(path, self.state_dict())
+
+    def load(self, path, strict=True):
+        """Load parameters saved by ``save``; a corrupt or mismatched file raises an error naming it."""
+        state = load_arrays(path)
+        try:
+            return self.load_state_dict(state, strict=strict)
+        except KeyError as e:
+            raise CheckpointError(f"{path}: {e.args[0]}") from None
+
+    # --- printing ----------------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"({k}): " + repr(m).replace("\n", "\n  ") for k, m in self._modules.items()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ")" if not lines else head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+# ---------------------------------------------------------------------------------------- layers
+
+
+def _uniform(rng, bound, shape, dtype):
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias; weight (out_features, in_features). PyTorch's default init:
+    U(-1/sqrt(in), 1/sqrt(in)) for both (Kaiming-uniform with a=sqrt(5))."""
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        rng = default_generator() if rng is None else rng
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = Parameter(_uniform(rng, bound, (out_features, in_features), dtype))
+        self.bias = Parameter(_uniform(rng, bound, (out_features,), dtype)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """2-d convolution over NCHW input; weight (out_channels, in_channels, kH, kW). PyTorch's
+    default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in_channels*kH*kW."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None,
+                 dtype=np.float32):
+        super().__init__()
+        rng = default_generator() if rng is None else rng
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        bound = 1.0 / math.sqrt(in_channels * kh * kw)
+        self.weight = Parameter(_uniform(rng, bound, (out_channels, in_channels, kh, kw), dtype))
+        self.bias = Parameter(_uniform(rng, bound, (out_channels,), dtype)) if bias else None
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}")
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Flatten(Module):
+    def __init__(self, start_dim=1):
+        super().__init__()
+        self.start_dim = start_dim
+
+    def forward(self, x):
+        return x.flatten(self.start_dim)
+
+
+class Sequential(Module):
+    """Modules applied in order; registered as ``"0"``, ``"1"``, ... as in PyTorch."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(m).__name__}, not a Module")
+            self._modules[str(i)] = m
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, i):
+        items = list(self._modules.values())
+        return Sequential(*items[i]) if isinstance(i, slice) else items[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over (N, H, W) per channel, with running statistics for eval mode.
+    State names as PyTorch: weight, bias, running_mean, running_var, num_batches_tracked."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
+        self.register_buffer("running_mean", np.zeros(num_features, dtype))
+        self.register_buffer("running_var", np.ones(num_features, dtype))
+        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d: expects (N, {self.num_features}, H, W) input; got shape {x.shape}")
+        if self.training:
+            self._buffers["num_batches_tracked"] = self.num_batches_tracked + 1
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=self.training, momentum=self.momentum, eps=self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class Dropout(Module):
+    """Inverted dropout in training mode, identity in eval mode. Draws from ``rng`` or the
+    framework's default generator (``tinygrad_cnn.manual_seed``), so runs are repeatable."""
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must lie in [0, 1); got {p}")
+        self.p, self.rng = p, rng
+
+    def forward(self, x):
+        rng = default_generator() if self.rng is None else self.rng
+        return F.dropout(x, self.p, training=self.training, rng=rng)
+
+    def extra_repr(self):
+        return f"p={self.p}"
