@@ -7,6 +7,7 @@ that names the file.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zipfile
@@ -56,3 +57,59 @@ def load_arrays(path) -> dict:
             return {k: f[k] for k in f.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
         raise CheckpointError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+# --------------------------------------------------------------------- nested state (checkpoints)
+
+_SKELETON = "__state__"
+
+
+def _encode(obj, arrays):
+    if hasattr(obj, "shape") and hasattr(obj, "dtype") and getattr(obj, "ndim", 0) > 0:
+        key = f"a{len(arrays)}"
+        arrays[key] = np.asarray(obj)
+        return {"__array__": key}
+    if isinstance(obj, np.generic) or (hasattr(obj, "dtype") and getattr(obj, "ndim", 1) == 0):
+        return {"__scalar__": np.asarray(obj).item(), "dtype": str(np.asarray(obj).dtype)}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _encode(v, arrays)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_encode(v, arrays) for v in obj], "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"save_state: cannot store a {type(obj).__name__} (only arrays, numbers, strings, "
+                    f"lists and dicts)")
+
+
+def _decode(obj, arrays):
+    if isinstance(obj, dict):
+        if "__array__" in obj:
+            return arrays[obj["__array__"]]
+        if "__scalar__" in obj:
+            return np.asarray(obj["__scalar__"], dtype=obj["dtype"])[()]
+        if "__dict__" in obj:
+            return {k: _decode(v, arrays) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            items = [_decode(v, arrays) for v in obj["__list__"]]
+            return tuple(items) if obj["tuple"] else items
+    return obj
+
+
+def save_state(path, state):
+    """Save nested state (dicts, lists, arrays, numbers, strings; e.g. a whole training
+    checkpoint) as one ``.npz``: arrays as members, the structure as JSON. No pickle, atomic."""
+    arrays = {}
+    skeleton = json.dumps(_encode(state, arrays))
+    arrays[_SKELETON] = np.array(skeleton)
+    save_arrays(path, arrays)
+
+
+def load_state(path):
+    """Read what ``save_state`` wrote, or raise ``CheckpointError`` naming the file."""
+    arrays = load_arrays(path)
+    if _SKELETON not in arrays:
+        raise CheckpointError(f"{path}: not a saved state (no {_SKELETON!r} entry)")
+    try:
+        return _decode(json.loads(str(arrays.pop(_SKELETON))), arrays)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: corrupt state structure ({type(e).__name__}: {e})") from None

@@ -1,0 +1,32 @@
+"""Training curves: accuracy and loss per epoch, train (dashed) vs test (solid), as in the
+seed project's plot; several runs overlay in one figure."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tinygrad_cnn.io import atomic_write  # noqa: E402
+
+
+def plot_curves(runs: dict, path, title=None):
+    """``runs``: {label: list of per-epoch metric dicts}. Writes a PNG atomically."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (label, history) in enumerate(runs.items()):
+        color = f"C{i}"
+        epochs = [r["epoch"] for r in history]
+        ax_acc.plot(epochs, [100 * r["test_acc"] for r in history], "-o", color=color, ms=3, label=f"{label} test")
+        ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], "--", color=color, label=f"{label} train")
+        ax_loss.plot(epochs, [r["test_loss"] for r in history], "-o", color=color, ms=3, label=f"{label} test")
+        ax_loss.plot(epochs, [r["train_loss"] for r in history], "--", color=color, label=f"{label} train")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
