@@ -6,9 +6,11 @@
 """
 from .tensor import Tensor, no_grad, enable_grad, is_grad_enabled, zeros, ones, randn
 from .gradcheck import gradcheck, GradcheckError
-from . import ops, functional
+from . import ops, functional, nn, optim
+from .profiler import profile
+from .rng import manual_seed
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "zeros", "ones", "randn",
-           "gradcheck", "GradcheckError", "ops", "functional"]
+           "gradcheck", "GradcheckError", "ops", "functional", "nn", "optim", "profile", "manual_seed"]

@@ -10,6 +10,7 @@ each gradient back to its input's shape (broadcasting), and accumulates into lea
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,6 +20,7 @@ from .backend import array_module, is_array, is_floating
 # ----------------------------------------------------------------------------- grad mode
 
 _local = threading.local()
+_profiler = None  # a profiler.Profile while one is active (see tinygrad_cnn.profile)
 
 
 def is_grad_enabled() -> bool:
@@ -111,7 +113,12 @@ class Op:
         op.saved = ()
         op.freed = False
         op._record = record
-        data = op.forward(*(t.data for t in tensors), **params)
+        if _profiler is None:
+            data = op.forward(*(t.data for t in tensors), **params)
+        else:
+            t0 = time.perf_counter()
+            data = op.forward(*(t.data for t in tensors), **params)
+            _profiler.record(cls.name, "forward", time.perf_counter() - t0)
         out = Tensor._wrap(data, record)
         if record:
             op.parents = tensors
@@ -337,7 +344,12 @@ class Tensor:
                 raise RuntimeError(
                     f"backward: the graph through '{op.name}' was already freed by an earlier backward(); "
                     f"pass retain_graph=True to the first backward() to go through it twice")
-            in_grads = op.backward(g)
+            if _profiler is None:
+                in_grads = op.backward(g)
+            else:
+                t0 = time.perf_counter()
+                in_grads = op.backward(g)
+                _profiler.record(op.name, "backward", time.perf_counter() - t0)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
             for i, (parent, need, pg) in enumerate(zip(op.parents, op.needs_input_grad, in_grads)):
