@@ -8,7 +8,7 @@ import numpy as np
 
 from . import ops
 from .backend import array_module
-from .ops.conv import as_pair
+from .ops.conv import window_geometry
 from .tensor import Tensor
 
 __all__ = ["conv2d", "linear", "max_pool2d", "relu", "sigmoid", "tanh", "log_softmax", "softmax",
@@ -93,9 +93,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     if bias is not None and bias.shape != (c_out,):
         raise ValueError(f"conv2d: bias must have shape ({c_out},); got {bias.shape}")
     n = x.shape[0]
+    # validate stride/padding/kernel here so that errors name conv2d, not the inner im2col
+    _, _, _, (ho, wo) = window_geometry("conv2d", x.shape, (kh, kw), stride, padding)
     cols = im2col(x, (kh, kw), stride, padding)                # (C_in*kH*kW, N*Ho*Wo)
-    (sh, sw), (ph, pw) = as_pair("conv2d", "stride", stride), as_pair("conv2d", "padding", padding)
-    ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
     out = weight.reshape(c_out, c_in * kh * kw) @ cols         # (C_out, N*Ho*Wo)
     out = out.reshape(c_out, n, ho, wo)
     if bias is not None:
@@ -164,6 +164,7 @@ def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0):
         raise ValueError(f"cross_entropy: expects (N, C) logits; got shape {logits.shape}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must lie in [0, 1]; got {label_smoothing}")
+    targets = _class_targets("cross_entropy", targets, *logits.shape)  # errors name cross_entropy
     logp = log_softmax(logits, axis=-1)
     loss = nll_loss(logp, targets, reduction="none")
     if label_smoothing:
@@ -200,6 +201,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Tr
     uses them. The gradient comes from the graph (mean, sub, mul, pow, ...)."""
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    xp = array_module(x.data)
     if training:
         mean = x.mean(axis=axes, keepdims=True)
         centered = x - mean
@@ -211,13 +213,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Tr
             running_mean += momentum * mean.data.reshape(-1)
             running_var *= 1 - momentum
             running_var += momentum * unbiased
-        out = centered * (var + eps) ** -0.5
+        scale = (var + eps) ** -0.5   # per channel: fold the affine weight in before touching x again
     else:
-        mean = Tensor(running_mean.reshape(shape).astype(x.dtype, copy=False))
-        inv_std = Tensor((1.0 / np.sqrt(running_var.reshape(shape) + eps)).astype(x.dtype, copy=False))
-        out = (x - mean) * inv_std
+        centered = x - Tensor(running_mean.reshape(shape).astype(x.dtype, copy=False))
+        scale = Tensor((1.0 / xp.sqrt(running_var.reshape(shape) + eps)).astype(x.dtype, copy=False))
     if weight is not None:
-        out = out * weight.reshape(*shape)
+        scale = scale * weight.reshape(*shape)
+    out = centered * scale
     if bias is not None:
         out = out + bias.reshape(*shape)
     return out

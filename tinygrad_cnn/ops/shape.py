@@ -101,6 +101,8 @@ class Pad(Op):
 
     def forward(self, x, pad_width, value=0.0):
         self.pairs = normalize_pad_width(self.name, pad_width, x.ndim)
+        if not self.pairs:  # a 0-d tensor has no axis to pad (numpy rejects an empty pad_width)
+            return x.copy()
         return array_module(x).pad(x, self.pairs, mode="constant", constant_values=value)
 
     def backward(self, g):
