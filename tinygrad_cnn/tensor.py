@@ -28,16 +28,25 @@ def is_grad_enabled() -> bool:
 
 
 class _GradMode:
-    """Context manager (and decorator) that sets whether ops record a graph."""
+    """Context manager (and decorator, with or without parentheses) that sets whether ops
+    record a graph."""
 
     enabled = True
 
+    def __new__(cls, fn=None):
+        self = super().__new__(cls)
+        self._prev = []
+        return self if fn is None else self(fn)
+
+    def __init__(self, fn=None):
+        pass
+
     def __enter__(self):
-        self._prev = is_grad_enabled()
+        self._prev.append(is_grad_enabled())
         _local.grad_enabled = self.enabled
 
     def __exit__(self, *exc):
-        _local.grad_enabled = self._prev
+        _local.grad_enabled = self._prev.pop()
         return False
 
     def __call__(self, fn):
@@ -183,8 +192,8 @@ _DEFAULT_FLOAT = np.float32
 def _to_array(data, dtype):
     if isinstance(data, Tensor):
         data = data.data
-    if is_array(data):
-        arr = data
+    if is_array(data) or isinstance(data, np.generic):
+        arr = np.asarray(data) if isinstance(data, np.generic) else data  # numpy scalars keep their dtype
     else:
         arr = np.asarray(data)
         if dtype is None and arr.dtype.kind == "f":

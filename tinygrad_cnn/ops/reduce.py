@@ -79,6 +79,8 @@ class LogSoftmax(Op):
     name = "log_softmax"
 
     def forward(self, x, axis=-1):
+        if isinstance(axis, (tuple, list)):
+            raise TypeError(f"log_softmax: axis must be a single int; got {axis!r}")
         (self.axis,) = normalize_axes(self.name, axis, x.ndim)
         xp = array_module(x)
         shifted = x - x.max(axis=self.axis, keepdims=True)

@@ -1,0 +1,305 @@
+"""Time a full training step (forward, backward, optimizer update) of our model against the
+identical PyTorch CPU network, in the same process, with the same thread count.
+
+    python -m benchmarks.step --model seed_cnn --batch 128 1000
+    python -m benchmarks.step --model fast_cnn --batch 128 --json runs/bench.json
+
+Ours and torch run in alternating blocks, so machine noise hits both alike; each figure is
+the median over the timed steps (min-max in brackets). Also printed: the GEMM-only lower
+bound (the same matmul shapes timed alone in numpy), the per-primitive split from the
+built-in profiler, an inference step under no_grad, and the memory a step needs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import tinygrad_cnn as tc
+import tinygrad_cnn.functional as F
+from tinygrad_cnn.ops import Matmul
+from models import MODELS
+
+
+def median_range(xs):
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def make_ours(name, batch, dtype, seed=0):
+    tc.manual_seed(seed)
+    model = MODELS[name]()
+    model.astype(dtype)
+    opt = tc.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(dtype)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        loss = F.cross_entropy(model(tc.Tensor(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    def infer():
+        with tc.no_grad():
+            return model(tc.Tensor(x))
+
+    return model, opt, x, y, step, infer
+
+
+def torch_twin(name, model, x, y, threads):
+    """The same network in PyTorch with our weights copied in (names and shapes match)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    tm = torch_model(name)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
+    tm.load_state_dict(state, strict=True)
+    tm = tm.to(torch.float32 if x.dtype == np.float32 else torch.float64)
+    opt = torch.optim.Adam(tm.parameters(), lr=1e-3)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(tm(tx), ty)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def torch_model(name):
+    import torch.nn as tnn
+
+    class Seed(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = tnn.Conv2d(3, 16, 3, padding=1), tnn.Conv2d(16, 32, 3, padding=1)
+            self.fc1, self.fc2 = tnn.Linear(2048, 64), tnn.Linear(64, 10)
+
+        def forward(self, x):
+            f = tnn.functional
+            x = f.relu(f.max_pool2d(self.conv1(x), 2))
+            x = f.relu(f.max_pool2d(self.conv2(x), 2))
+            return self.fc2(f.relu(self.fc1(x.flatten(1))))
+
+    class ConvBN(tnn.Module):
+        def __init__(self, a, b):
+            super().__init__()
+            self.conv, self.bn = tnn.Conv2d(a, b, 3, padding=1, bias=False), tnn.BatchNorm2d(b)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    class Fast(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block1, self.block2, self.block3 = ConvBN(3, 32), ConvBN(32, 32), ConvBN(32, 64)
+            self.block4, self.block5 = ConvBN(64, 64), ConvBN(64, 128)
+            self.fc = tnn.Linear(2048, 10)
+
+        def forward(self, x):
+            f = tnn.functional
+            x = f.relu(self.block1(x))
+            x = f.relu(f.max_pool2d(self.block2(x), 2))
+            x = f.relu(self.block3(x))
+            x = f.relu(f.max_pool2d(self.block4(x), 2))
+            x = f.relu(f.max_pool2d(self.block5(x), 2))
+            return self.fc(x.flatten(1))
+
+    class FC(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = tnn.Sequential(tnn.Linear(3072, 256), tnn.Linear(256, 64), tnn.Linear(64, 10))
+
+        def forward(self, x):
+            x = x.flatten(1)
+            for i, layer in enumerate(self.layers):
+                x = layer(x)
+                x = tnn.functional.relu(x) if i < 2 else x
+            return x
+
+    return {"seed_cnn": Seed, "fast_cnn": Fast, "fc": FC}[name]()
+
+
+def matmul_shapes(step):
+    """The (a, b) shapes of every matmul one training step runs, read off the graph."""
+    shapes = []
+    orig = Matmul.forward
+
+    def spy(self, a, b):
+        shapes.append((a.shape, b.shape, a.dtype))
+        return orig(self, a, b)
+
+    Matmul.forward = spy
+    try:
+        step()
+    finally:
+        Matmul.forward = orig
+    return shapes
+
+
+def gemm_lower_bound(shapes, repeats=5):
+    """Seconds for the step's GEMMs alone: each forward product and its two VJP products."""
+    work = []
+    for sa, sb, dtype in shapes:
+        a, b = np.ones(sa, dtype), np.ones(sb, dtype)
+        g = np.ones(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), dtype)
+        work.append((a, b, g))
+
+    def run():
+        for a, b, g in work:
+            a @ b
+            g @ b.swapaxes(-1, -2)
+            a.swapaxes(-1, -2) @ g
+
+    run()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def saved_bytes(loss):
+    """Bytes of the arrays the graph keeps for backward (before backward frees them)."""
+    seen, stack, total = set(), [loss], 0
+    while stack:
+        t = stack.pop()
+        op = t._ctx
+        if op is None or id(op) in seen:
+            continue
+        seen.add(id(op))
+        total += sum(a.nbytes for a in (op.saved or ()) if hasattr(a, "nbytes"))
+        stack.extend(op.parents)
+    return total
+
+
+CATEGORIES = {"im2col": ("im2col", "forward"), "col2im": ("im2col", "backward"), "matmul": ("matmul", None),
+              "max_pool2d": ("max_pool2d", None)}
+
+
+def split(prof):
+    """Per-category seconds of one profile: im2col, col2im, matmul, max_pool2d, elementwise."""
+    out = {k: 0.0 for k in CATEGORIES}
+    out["elementwise/other ops"] = 0.0
+    for name, _calls, f, b, _t in prof.rows():
+        placed = False
+        for cat, (op, phase) in CATEGORIES.items():
+            if name == op:
+                out[cat] += f if phase == "forward" else b if phase == "backward" else f + b
+                placed = placed or phase is None
+        if name == "im2col":
+            placed = True
+        if name == "col2im":
+            out["col2im"] += f
+            out["im2col"] += b
+            placed = True
+        if not placed:
+            out["elementwise/other ops"] += f + b
+    return out
+
+
+def bench(name, batch, dtype, steps, threads, rounds):
+    model, opt, x, y, step, infer = make_ours(name, batch, dtype)
+    try:
+        t_step = torch_twin(name, model, x, y, threads)
+    except ImportError:
+        t_step = None
+    for _ in range(2):  # warm-up: allocator, BLAS threads, caches
+        step()
+        infer()
+        if t_step:
+            t_step()
+    ours, theirs, inference = [], [], []
+    per_block = max(steps // rounds, 1)
+    for _ in range(rounds):
+        for _ in range(per_block):
+            t = time.perf_counter()
+            step()
+            ours.append(time.perf_counter() - t)
+        for _ in range(per_block):
+            t = time.perf_counter()
+            infer()
+            inference.append(time.perf_counter() - t)
+        if t_step:
+            for _ in range(per_block):
+                t = time.perf_counter()
+                t_step()
+                theirs.append(time.perf_counter() - t)
+    # one profiled step, split into primitive categories, the optimizer and the rest
+    with tc.profile() as prof:
+        loss = F.cross_entropy(model(tc.Tensor(x)), y)
+        graph = saved_bytes(loss)
+        opt.zero_grad()
+        loss.backward()
+        t = time.perf_counter()
+        opt.step()
+        t_opt = time.perf_counter() - t
+    parts = split(prof)
+    parts["optimizer"] = t_opt
+    parts["graph bookkeeping"] = max(prof.wall - prof.ops_time() - t_opt, 0.0)
+    gemm = gemm_lower_bound(matmul_shapes(step))
+    o = median_range(ours)
+    result = {"model": name, "batch": batch, "dtype": str(np.dtype(dtype)), "threads": threads,
+              "ours_ms": [1e3 * v for v in o], "inference_ms": [1e3 * v for v in median_range(inference)],
+              "gemm_bound_ms": 1e3 * gemm, "gemm_share": gemm / o[0], "split_ms": {k: 1e3 * v for k, v in parts.items()},
+              "profiled_step_ms": 1e3 * prof.wall, "graph_saved_mb": graph / 2**20,
+              "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "steps": len(ours)}
+    if theirs:
+        t = median_range(theirs)
+        result["torch_ms"] = [1e3 * v for v in t]
+        result["ratio"] = o[0] / t[0]
+    return result
+
+
+def report(r):
+    lo = lambda v: f"{v[0]:.1f} ms [{v[1]:.1f}-{v[2]:.1f}]"  # noqa: E731
+    lines = [f"\n{r['model']}  batch {r['batch']}  {r['dtype']}  {r['threads']} threads  ({r['steps']} timed steps)",
+             f"  ours   training step   {lo(r['ours_ms'])}"]
+    if "torch_ms" in r:
+        lines.append(f"  torch  training step   {lo(r['torch_ms'])}")
+        lines.append(f"  ratio ours/torch      {r['ratio']:.2f}")
+    lines.append(f"  inference (no_grad)   {lo(r['inference_ms'])}  = {r['ours_ms'][0] / r['inference_ms'][0]:.1f}x "
+                 f"faster than a training step")
+    lines.append(f"  GEMM-only bound       {r['gemm_bound_ms']:.1f} ms  (GEMMs are {100 * r['gemm_share']:.0f}% of our step)")
+    lines.append(f"  memory                saved for backward {r['graph_saved_mb']:.1f} MiB, peak RSS {r['max_rss_mb']:.0f} MiB")
+    total = r["profiled_step_ms"]
+    lines.append(f"  split of one profiled step ({total:.1f} ms):")
+    for k, v in sorted(r["split_ms"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {k:<22}{v:>8.1f} ms {100 * v / total:>5.1f}%")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="seed_cnn")
+    p.add_argument("--batch", type=int, nargs="+", default=[128, 1000])
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--steps", type=int, default=12, help="timed steps per framework (>= 10)")
+    p.add_argument("--rounds", type=int, default=4, help="alternating blocks the steps are split into")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    results = []
+    for b in args.batch:
+        r = bench(args.model, b, np.dtype(args.dtype), args.steps, args.threads, args.rounds)
+        print(report(r), flush=True)
+        results.append(r)
+    if args.json:
+        from tinygrad_cnn.io import atomic_write
+
+        atomic_write(args.json, lambda f: f.write(json.dumps(results, indent=2).encode()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Hypothesis strategies shared by the engine's property tests.
+
+Shapes stay small on purpose: ``gradcheck`` runs two forwards per input element, so an
+example should hold a few hundred elements at most.
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+F64 = np.float64
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def shapes(min_dims=0, max_dims=4, min_side=1, max_side=3):
+    """Any small shape (0-d included), sides of 1 (batch 1) and odd sizes included."""
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
+
+
+def broadcastable_pairs(max_dims=4, max_side=3):
+    """Two mutually broadcastable shapes, e.g. ((2, 1, 3), (4, 3)) or ((), (2, 3))."""
+    return hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=max_dims,
+                                             min_side=1, max_side=max_side).map(lambda s: s.input_shapes)
+
+
+def _maybe_int(pair, square_as_int):
+    return pair[0] if square_as_int and pair[0] == pair[1] else pair
+
+
+@st.composite
+def window_geometry(draw, max_batch=2, max_channels=2, max_kernel=5, max_stride=3, max_padding=2,
+                    max_extra=3, pool=False):
+    """A valid NCHW shape with sliding-window hyper-parameters.
+
+    Kernels 1..5 (non-square ones too), strides 1..3, padding 0..2, and an input that the
+    padded kernel fits: H + 2*ph >= kh. With ``pool=True`` padding is at most half the kernel
+    (the max_pool2d rule). Returns a dict: shape (N, C, H, W), kernel, stride, padding (each
+    a pair, or an int when square) and ``out`` (Ho, Wo).
+    """
+    n = draw(st.integers(1, max_batch))
+    c = draw(st.integers(1, max_channels))
+    kh, kw = draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))
+    sh, sw = draw(st.integers(1, max_stride)), draw(st.integers(1, max_stride))
+    ph = draw(st.integers(0, min(max_padding, kh // 2) if pool else max_padding))
+    pw = draw(st.integers(0, min(max_padding, kw // 2) if pool else max_padding))
+    h = draw(st.integers(max(1, kh - 2 * ph), max(1, kh - 2 * ph) + max_extra))
+    w = draw(st.integers(max(1, kw - 2 * pw), max(1, kw - 2 * pw) + max_extra))
+    as_int = draw(st.booleans())
+    return {
+        "shape": (n, c, h, w),
+        "kernel": _maybe_int((kh, kw), as_int),
+        "stride": _maybe_int((sh, sw), as_int),
+        "padding": _maybe_int((ph, pw), as_int),
+        "kernel_hw": (kh, kw), "stride_hw": (sh, sw), "padding_hw": (ph, pw),
+        "out": ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1),
+    }
+
+
+def geometry_example(shape, kernel, stride, padding):
+    """A fixed geometry in ``window_geometry``'s format (for ``@example``). ``stride=None``
+    means the kernel (max_pool2d's default) and is kept as None."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    (kh, kw), (ph, pw) = pair(kernel), pair(padding)
+    sh, sw = (kh, kw) if stride is None else pair(stride)
+    h, w = shape[2], shape[3]
+    return {"shape": tuple(shape), "kernel": kernel, "stride": stride, "padding": padding,
+            "kernel_hw": (kh, kw), "stride_hw": (sh, sw), "padding_hw": (ph, pw),
+            "out": ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)}
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def arrays(shape, lo=-2.0, hi=2.0, dtype=F64):
+    """Finite floats in [lo, hi] (smooth ops: no kinks to avoid)."""
+    return hnp.arrays(dtype, shape, elements=st.floats(lo, hi, allow_nan=False, allow_infinity=False,
+                                                       allow_subnormal=False, width=64))
+
+
+def positive_arrays(shape, lo=0.5, hi=2.0, dtype=F64):
+    """Values bounded away from zero, for log, pow bases and div denominators."""
+    return arrays(shape, lo, hi, dtype)
+
+
+def away_from_zero(shape, lo=0.05, hi=2.0, dtype=F64):
+    """|x| in [lo, hi] with either sign: away from relu's kink at 0."""
+    mag = st.floats(lo, hi, allow_nan=False, allow_infinity=False, width=64)
+    return hnp.arrays(dtype, shape, elements=st.one_of(mag, mag.map(lambda v: -v)))
+
+
+_GRID = 1 / 64  # distinct grid values differ by at least this: far more than gradcheck's eps
+
+
+def distinct_arrays(shape, dtype=F64):
+    """Pairwise-distinct values on a 1/64 grid: no ties, so max/maximum/max_pool2d are smooth."""
+    return hnp.arrays(dtype, shape, elements=st.integers(-512, 512).map(lambda k: k * _GRID), unique=True)
+
+
+@st.composite
+def distinct_pair(draw, shape_a, shape_b, dtype=F64):
+    """Two arrays whose values are all distinct, jointly (a and b never tie under broadcasting)."""
+    na, nb = int(np.prod(shape_a, dtype=int)), int(np.prod(shape_b, dtype=int))
+    flat = draw(distinct_arrays((na + nb,), dtype))
+    return flat[:na].reshape(shape_a), flat[na:].reshape(shape_b)
+
+
+def tie_arrays(shape, levels=3, dtype=F64):
+    """Small integer values: plenty of exact ties (to check who wins them)."""
+    return hnp.arrays(dtype, shape, elements=st.integers(0, levels - 1).map(float))
+
+
+def exponents():
+    """Python-number exponents for pow: negative, fractional, integer, zero."""
+    return st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0])

@@ -1,0 +1,196 @@
+"""im2col, col2im and max_pool2d against straightforward pixel loops.
+
+The references below loop over every output pixel and kernel tap, with no vectorisation
+and no cleverness about padding, so they are easy to read and hard to get wrong.
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import tinygrad_cnn.functional as F
+from tinygrad_cnn import Tensor
+
+import strategies as S
+
+
+# --------------------------------------------------------------------------- references
+
+
+def naive_im2col(x, kernel, stride, padding):
+    """cols[(c, i, j), (n, ho, wo)] = x[n, c, ho*sh + i - ph, wo*sw + j - pw], or 0 outside."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    cols = np.zeros((C * kh * kw, N * Ho * Wo), dtype=x.dtype)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(N):
+                    for ho in range(Ho):
+                        for wo in range(Wo):
+                            r, s = ho * sh + i - ph, wo * sw + j - pw
+                            if 0 <= r < H and 0 <= s < W:
+                                cols[row, (n * Ho + ho) * Wo + wo] = x[n, c, r, s]
+    return cols
+
+
+def naive_col2im(cols, shape, kernel, stride, padding):
+    """The transpose of naive_im2col: every column entry is added back to its pixel."""
+    N, C, H, W = shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    x = np.zeros(shape, dtype=cols.dtype)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(N):
+                    for ho in range(Ho):
+                        for wo in range(Wo):
+                            r, s = ho * sh + i - ph, wo * sw + j - pw
+                            if 0 <= r < H and 0 <= s < W:
+                                x[n, c, r, s] += cols[row, (n * Ho + ho) * Wo + wo]
+    return x
+
+
+def naive_max_pool2d(x, g, kernel, stride, padding):
+    """Forward and backward of max-pooling by loops. Padding is -inf; within a window taps
+    are visited in row-major order and a later tap wins only when strictly greater, so the
+    first maximum wins ties. The backward routes each output's gradient to that winner."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    gx = np.zeros_like(x)
+    for n in range(N):
+        for c in range(C):
+            for ho in range(Ho):
+                for wo in range(Wo):
+                    best, where = -np.inf, None
+                    for i in range(kh):
+                        for j in range(kw):
+                            r, s = ho * sh + i - ph, wo * sw + j - pw
+                            v = x[n, c, r, s] if (0 <= r < H and 0 <= s < W) else -np.inf
+                            if where is None or v > best:
+                                best, where = v, (r, s)
+                    out[n, c, ho, wo] = best
+                    gx[n, c, where[0], where[1]] += g[n, c, ho, wo]
+    return out, gx
+
+
+# -------------------------------------------------------------------------------- tests
+
+CORNERS = [
+    S.geometry_example((1, 1, 1, 1), 5, 1, 2),          # only the centre tap ever lands
+    S.geometry_example((2, 3, 5, 4), (3, 2), (3, 1), (2, 0)),
+    S.geometry_example((1, 2, 7, 7), 5, 3, 2),
+    S.geometry_example((1, 1, 2, 9), (1, 5), (2, 3), (2, 1)),
+]
+
+
+def _examples(examples, wrap):
+    def deco(fn):
+        for g in examples:
+            fn = example(wrap(g))(fn)
+        return fn
+    return deco
+
+
+def _rand(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _with_array(g):
+    return g, _rand(g["shape"])
+
+
+def _cols_shape(g):
+    (n, c, _, _), (kh, kw), (ho, wo) = g["shape"], g["kernel_hw"], g["out"]
+    return (c * kh * kw, n * ho * wo)
+
+
+@given(S.window_geometry(max_channels=3).flatmap(lambda g: st.tuples(st.just(g), S.arrays(g["shape"]))))
+@_examples(CORNERS, _with_array)
+def test_im2col_matches_loops(g_x):
+    g, x = g_x
+    got = F.im2col(Tensor(x), g["kernel"], g["stride"], g["padding"]).numpy()
+    want = naive_im2col(x, g["kernel_hw"], g["stride_hw"], g["padding_hw"])
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)  # a pure copy: exact
+
+
+@given(S.window_geometry(max_channels=3).flatmap(
+    lambda g: st.tuples(st.just(g), S.arrays(_cols_shape(g)))))
+@_examples(CORNERS, lambda g: (g, _rand(_cols_shape(g))))
+def test_col2im_matches_loops(g_cols):
+    g, cols = g_cols
+    got = F.col2im(Tensor(cols), g["shape"], g["kernel"], g["stride"], g["padding"]).numpy()
+    want = naive_col2im(cols, g["shape"], g["kernel_hw"], g["stride_hw"], g["padding_hw"])
+    assert got.shape == want.shape == g["shape"]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)  # sums in another order
+
+
+@given(S.window_geometry(max_channels=3).flatmap(
+    lambda g: st.tuples(st.just(g), S.arrays(g["shape"]), S.arrays(_cols_shape(g)))))
+@_examples(CORNERS, lambda g: (g, _rand(g["shape"]), _rand(_cols_shape(g), 1)))
+def test_adjoint_identity(g_x_y):
+    """<im2col(x), y> == <x, col2im(y)>: col2im is im2col's transpose (so each is the other's VJP)."""
+    g, x, y = g_x_y
+    k, s, p = g["kernel"], g["stride"], g["padding"]
+    lhs = float(np.sum(F.im2col(Tensor(x), k, s, p).numpy() * y))
+    rhs = float(np.sum(x * F.col2im(Tensor(y), g["shape"], k, s, p).numpy()))
+    scale = float(np.sum(np.abs(x)) * np.max(np.abs(y), initial=0.0)) + 1.0
+    assert abs(lhs - rhs) <= 1e-12 * scale
+
+
+@st.composite
+def pool_with_ties(draw):
+    g = draw(S.window_geometry(max_channels=3, pool=True))
+    stride = None if draw(st.booleans()) else g["stride"]
+    if stride is None:
+        g = S.geometry_example(g["shape"], g["kernel"], None, g["padding"])
+    x = draw(S.tie_arrays(g["shape"]))
+    grad = draw(S.arrays(g["shape"][:2] + g["out"]))
+    return g, x, grad
+
+
+POOL_CORNERS = [
+    S.geometry_example((1, 1, 4, 4), 2, None, 0),
+    S.geometry_example((2, 2, 5, 5), 3, 1, 1),          # overlapping windows: shared winners add
+    S.geometry_example((1, 1, 5, 6), (5, 2), (2, 3), (2, 1)),
+]
+
+
+def _pool_example(g):
+    x = np.zeros(g["shape"])  # all ties: every window's first real element wins
+    return g, x, _rand(g["shape"][:2] + g["out"])
+
+
+@given(pool_with_ties())
+@_examples(POOL_CORNERS, _pool_example)
+def test_max_pool2d_matches_loops_with_ties(case):
+    """Forward and backward agree exactly with the loop, ties (integer inputs) included."""
+    g, x, grad = case
+    stride = g["stride"]
+    t = Tensor(x, requires_grad=True)
+    out = F.max_pool2d(t, g["kernel"], stride, g["padding"])
+    out.backward(grad)
+    want_out, want_grad = naive_max_pool2d(x, grad, g["kernel_hw"], g["stride_hw"], g["padding_hw"])
+    np.testing.assert_array_equal(out.numpy(), want_out)
+    np.testing.assert_allclose(t.grad, want_grad, rtol=1e-12, atol=1e-12)  # overlaps add in another order
+
+
+def test_max_pool2d_first_maximum_wins():
+    x = np.array([[[[1.0, 3.0, 3.0],
+                    [3.0, 2.0, 3.0],
+                    [0.0, 3.0, 1.0]]]])
+    t = Tensor(x, requires_grad=True)
+    out = F.max_pool2d(t, 3, 1, 0)
+    out.backward(np.ones((1, 1, 1, 1)))
+    assert out.numpy().item() == 3.0
+    want = np.zeros_like(x)
+    want[0, 0, 0, 1] = 1.0  # the first 3 in row-major order, not split among the four
+    np.testing.assert_array_equal(t.grad, want)

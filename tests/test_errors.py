@@ -1,0 +1,201 @@
+"""Every error names the op and the offending shapes or values."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinygrad_cnn.functional as F
+from tinygrad_cnn import Tensor
+
+
+def t(*shape, dtype=np.float64, grad=False):
+    return Tensor(np.zeros(shape, dtype=dtype), requires_grad=grad)
+
+
+# ------------------------------------------------------------------------------ shapes
+
+
+def test_matmul_shape_mismatch():
+    with pytest.raises(ValueError, match=r"matmul: shapes \(2, 3\) and \(4, 5\) are not aligned.*\(3\).*\(4\)"):
+        t(2, 3) @ t(4, 5)
+    with pytest.raises(ValueError, match=r"matmul: shapes \(3,\) and \(2,\)"):
+        t(3) @ t(2)
+    with pytest.raises(ValueError, match=r"matmul: batch shapes \(2,\) and \(3,\)"):
+        t(2, 1, 4) @ t(3, 4, 1)
+    with pytest.raises(ValueError, match=r"matmul: operands must be at least 1-d.*\(\).*\(3,\)"):
+        t() @ t(3)
+
+
+@pytest.mark.parametrize("op, name", [
+    (lambda a, b: a + b, "add"), (lambda a, b: a - b, "sub"), (lambda a, b: a * b, "mul"),
+    (lambda a, b: a / b, "div"), (lambda a, b: a.maximum(b), "maximum"),
+])
+def test_broadcasting_mismatch(op, name):
+    with pytest.raises(ValueError, match=rf"{name}: shapes \(2, 3\) and \(4,\) do not broadcast"):
+        op(t(2, 3), t(4))
+
+
+def test_conv2d_channel_mismatch():
+    with pytest.raises(ValueError, match=r"conv2d: input has 3 channels \(shape \(1, 3, 5, 5\)\).*\(4, 2, 3, 3\)"):
+        F.conv2d(t(1, 3, 5, 5), t(4, 2, 3, 3))
+
+
+def test_conv2d_bad_ranks_and_bias():
+    with pytest.raises(ValueError, match=r"conv2d: expects a 4-d NCHW input; got shape \(3, 5, 5\)"):
+        F.conv2d(t(3, 5, 5), t(4, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d: weight must be 4-d.*\(4, 3, 3\)"):
+        F.conv2d(t(1, 3, 5, 5), t(4, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d: bias must have shape \(4,\); got \(3,\)"):
+        F.conv2d(t(1, 3, 5, 5), t(4, 3, 3, 3), t(3))
+
+
+def test_reshape_size_mismatch():
+    with pytest.raises(ValueError, match=r"reshape: cannot view a tensor of shape \(2, 3\) \(6 elements\) as shape \(4, 2\)"):
+        t(2, 3).reshape(4, 2)
+
+
+def test_transpose_bad_axes():
+    with pytest.raises(ValueError, match=r"transpose: axes \(0, 0\) are not a permutation.*\(2, 3\)"):
+        t(2, 3).permute(0, 0)
+
+
+def test_getitem_out_of_range():
+    with pytest.raises(IndexError, match=r"getitem: index 5 is invalid for a tensor of shape \(3,\)"):
+        t(3)[5]
+
+
+@pytest.mark.parametrize("fn, name", [
+    (lambda x, a: x.sum(axis=a), "sum"), (lambda x, a: x.max(axis=a), "max"),
+    (lambda x, a: x.log_softmax(axis=a), "log_softmax"),
+])
+def test_reduction_axis_out_of_range(fn, name):
+    with pytest.raises(ValueError, match=rf"{name}: axis 2 is out of range for a 2-d tensor"):
+        fn(t(2, 3), 2)
+
+
+def test_linear_feature_mismatch():
+    with pytest.raises(ValueError, match=r"linear: input of shape \(2, 3\) has 3 features.*\(4, 5\) expects 5"):
+        F.linear(t(2, 3), t(4, 5))
+
+
+def test_col2im_columns_do_not_fit():
+    with pytest.raises(ValueError, match=r"col2im: columns of shape \(5, 4\) do not fit input shape "
+                                         r"\(1, 1, 3, 3\) with kernel \(2, 2\): expected \(4, 4\)"):
+        F.col2im(t(5, 4), (1, 1, 3, 3), 2)
+
+
+# ---------------------------------------------------------------- window hyper-parameters
+
+
+@pytest.mark.parametrize("name, call", [
+    ("im2col", lambda x, **kw: F.im2col(x, 2, **kw)),
+    ("max_pool2d", lambda x, **kw: F.max_pool2d(x, 2, **kw)),
+    ("conv2d", lambda x, **kw: F.conv2d(x, t(1, 1, 2, 2), **kw)),
+])
+def test_negative_padding(name, call):
+    with pytest.raises(ValueError, match=rf"{name}: padding must be non-negative; got \(-1, -1\)"):
+        call(t(1, 1, 4, 4), padding=-1)
+
+
+def test_negative_padding_in_pad():
+    with pytest.raises(ValueError, match=r"pad: padding must be non-negative; got \(\(0, -1\),\)"):
+        F.pad(t(3), ((0, -1),))
+
+
+@pytest.mark.parametrize("name, call", [
+    ("im2col", lambda x, **kw: F.im2col(x, 2, **kw)),
+    ("col2im", lambda x, **kw: F.col2im(t(4, 9), x.shape, 2, **kw)),
+    ("max_pool2d", lambda x, **kw: F.max_pool2d(x, 2, **kw)),
+    ("conv2d", lambda x, **kw: F.conv2d(x, t(1, 1, 2, 2), **kw)),
+])
+def test_zero_stride(name, call):
+    with pytest.raises(ValueError, match=rf"{name}: stride must be positive; got \(1, 0\)"):
+        call(t(1, 1, 4, 4), stride=(1, 0))
+
+
+@pytest.mark.parametrize("name, call", [
+    ("im2col", lambda x: F.im2col(x, (6, 2), padding=(1, 0))),
+    ("max_pool2d", lambda x: F.max_pool2d(x, (6, 2), padding=(1, 0))),
+    ("conv2d", lambda x: F.conv2d(x, t(1, 1, 6, 2), padding=(1, 0))),
+])
+def test_kernel_larger_than_padded_input(name, call):
+    with pytest.raises(ValueError, match=rf"{name}: kernel 6x2 is larger than the padded input 5x3 "
+                                         rf"\(input 3x3, padding \(1, 0\)\)"):
+        call(t(1, 1, 3, 3))
+
+
+def test_max_pool2d_padding_over_half_the_kernel():
+    with pytest.raises(ValueError, match=r"max_pool2d: padding \(2, 2\) must be at most half the kernel \(3, 3\)"):
+        F.max_pool2d(t(1, 1, 5, 5), 3, padding=2)
+
+
+@pytest.mark.parametrize("name, call", [
+    ("im2col", lambda x: F.im2col(x, 2)),
+    ("max_pool2d", lambda x: F.max_pool2d(x, 2)),
+])
+def test_windows_need_nchw(name, call):
+    with pytest.raises(ValueError, match=rf"{name}: expects a 4-d NCHW tensor; got shape \(3, 4, 4\)"):
+        call(t(3, 4, 4))
+
+
+def test_kernel_size_must_be_ints():
+    with pytest.raises(TypeError, match=r"im2col: kernel_size must be an int or a pair of ints; got 2.5"):
+        F.im2col(t(1, 1, 4, 4), 2.5)
+
+
+# ------------------------------------------------------------------------------ dtypes
+
+
+def test_requires_grad_on_an_int_tensor():
+    with pytest.raises(TypeError, match="only floating-point tensors can require grad; got dtype int64"):
+        Tensor(np.arange(3), requires_grad=True)
+    with pytest.raises(TypeError, match="requires_grad_: only floating-point.*int32"):
+        Tensor(np.arange(3, dtype=np.int32)).requires_grad_()
+
+
+def test_max_pool2d_on_ints():
+    with pytest.raises(TypeError, match="max_pool2d: expects a floating-point tensor; got dtype int64"):
+        F.max_pool2d(Tensor(np.zeros((1, 1, 4, 4), dtype=np.int64)), 2)
+
+
+def test_cast_to_an_int_dtype_through_the_op():
+    from tinygrad_cnn import ops
+    with pytest.raises(TypeError, match="cast: converts between floating dtypes only; got float64 -> int64"):
+        ops.Cast.apply(t(2), dtype=np.int64)
+
+
+def test_pow_needs_a_number_exponent():
+    with pytest.raises(TypeError, match="pow: the exponent must be a Python number; got Tensor"):
+        t(2) ** t(2)
+    with pytest.raises(TypeError, match="pow: a number raised to a tensor needs a positive"):
+        (-2.0) ** t(2)
+
+
+# ------------------------------------------------------------------------ cross_entropy
+
+
+def test_cross_entropy_targets_out_of_range():
+    with pytest.raises(ValueError, match=r"cross_entropy: target classes must lie in \[0, 3\); got values from 0 to 3"):
+        F.cross_entropy(t(2, 3), np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"cross_entropy: target classes must lie in \[0, 3\); got values from -1 to 1"):
+        F.cross_entropy(t(2, 3), np.array([-1, 1]))
+
+
+def test_cross_entropy_targets_wrong_shape():
+    with pytest.raises(ValueError, match=r"cross_entropy: targets must have shape \(2,\) for logits of shape "
+                                         r"\(2, 3\); got \(2, 1\)"):
+        F.cross_entropy(t(2, 3), np.array([[0], [1]]))
+
+
+def test_cross_entropy_float_targets():
+    with pytest.raises(TypeError, match="cross_entropy: targets must be integer class indices; got dtype float64"):
+        F.cross_entropy(t(2, 3), np.array([0.0, 1.0]))
+
+
+def test_cross_entropy_bad_arguments():
+    with pytest.raises(ValueError, match=r"cross_entropy: expects \(N, C\) logits; got shape \(2, 3, 4\)"):
+        F.cross_entropy(t(2, 3, 4), np.array([0, 1]))
+    with pytest.raises(ValueError, match="cross_entropy: reduction must be 'mean', 'sum' or 'none'; got 'avg'"):
+        F.cross_entropy(t(2, 3), np.array([0, 1]), reduction="avg")
+    with pytest.raises(ValueError, match=r"cross_entropy: label_smoothing must lie in \[0, 1\]; got 1.5"):
+        F.cross_entropy(t(2, 3), np.array([0, 1]), label_smoothing=1.5)

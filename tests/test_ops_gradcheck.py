@@ -1,0 +1,504 @@
+"""Every registered primitive, and the composites built from them, against ``gradcheck``.
+
+``CASES`` maps each op name in ``tinygrad_cnn.ops.REGISTRY`` to a hypothesis property that
+runs ``gradcheck`` on that op over generated shapes and hyper-parameters. A registered op
+without an entry fails ``test_every_registered_op_has_a_case``; adding an op means adding
+its case here (see docs/engine.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import tinygrad_cnn.functional as F
+from tinygrad_cnn import Tensor, gradcheck, is_grad_enabled, ops
+from tinygrad_cnn.ops import REGISTRY
+
+import strategies as S
+
+
+def graph_op_names(out):
+    """Names of every op recorded in the graph that produced ``out``."""
+    names, seen, stack = set(), set(), [out]
+    while stack:
+        t = stack.pop()
+        if id(t) in seen or not isinstance(t, Tensor) or t._ctx is None:
+            continue
+        seen.add(id(t))
+        names.add(t._ctx.name)
+        stack.extend(t._ctx.parents)
+    return names
+
+
+def check(op_name, fn, inputs, **kw):
+    """``gradcheck(fn, inputs)``, and assert that the graph really went through ``op_name``."""
+    recorded = set()
+
+    def traced(*args):
+        out = fn(*args)
+        if is_grad_enabled():  # the one call that records (the numeric ones run under no_grad)
+            recorded.update(graph_op_names(out))
+        return out
+
+    assert gradcheck(traced, inputs, **kw)
+    assert op_name in recorded, f"the case for {op_name!r} never recorded that op (saw {sorted(recorded)})"
+
+
+CASES = {}
+
+
+def case(name):
+    """Register the property test for the primitive ``name``."""
+    def deco(fn):
+        assert name not in CASES, f"two cases for {name!r}"
+        CASES[name] = fn
+        return fn
+    return deco
+
+
+# ------------------------------------------------------------------------- elementwise
+
+
+@st.composite
+def pair_arrays(draw, b_elements=S.arrays):
+    shape_a, shape_b = draw(S.broadcastable_pairs())
+    return draw(S.arrays(shape_a)), draw(b_elements(shape_b))
+
+
+@case("add")
+@given(pair_arrays())
+def _add(ab):
+    check("add", lambda a, b: a + b, ab)
+
+
+@case("sub")
+@given(pair_arrays())
+def _sub(ab):
+    check("sub", lambda a, b: a - b, ab)
+
+
+@case("mul")
+@given(pair_arrays())
+@example((np.array([1.5, -2.0]), np.array(3.0)))  # 0-d second operand
+def _mul(ab):
+    check("mul", lambda a, b: a * b, ab)
+
+
+@case("div")
+@given(pair_arrays(b_elements=lambda shape: S.away_from_zero(shape, lo=0.5)))
+def _div(ab):
+    check("div", lambda a, b: a / b, ab)
+
+
+@case("neg")
+@given(S.shapes().flatmap(S.arrays))
+def _neg(x):
+    check("neg", lambda t: -t, x)
+
+
+@case("pow")
+@given(S.shapes().flatmap(S.positive_arrays), S.exponents())
+def _pow(x, p):
+    check("pow", lambda t: t ** p, x)
+
+
+@case("exp")
+@given(S.shapes().flatmap(S.arrays))
+def _exp(x):
+    check("exp", lambda t: t.exp(), x)
+
+
+@case("log")
+@given(S.shapes().flatmap(lambda s: S.positive_arrays(s, lo=0.2, hi=3.0)))
+def _log(x):
+    check("log", lambda t: t.log(), x)
+
+
+@case("maximum")
+@given(S.broadcastable_pairs().flatmap(lambda ab: S.distinct_pair(*ab)))
+def _maximum(ab):
+    check("maximum", lambda a, b: a.maximum(b), ab)
+
+
+@case("relu")
+@given(S.shapes().flatmap(S.away_from_zero))
+def _relu(x):
+    check("relu", F.relu, x)
+
+
+@case("sigmoid")
+@given(S.shapes().flatmap(lambda s: S.arrays(s, -4.0, 4.0)))
+def _sigmoid(x):
+    check("sigmoid", F.sigmoid, x)
+
+
+@case("tanh")
+@given(S.shapes().flatmap(lambda s: S.arrays(s, -3.0, 3.0)))
+def _tanh(x):
+    check("tanh", lambda t: ops.Tanh.apply(t), x)
+
+
+@case("cast")
+@given(S.shapes().flatmap(S.arrays))
+def _cast(x):
+    # float64 -> float32 -> float64: the float32 rounding (~6e-8 relative) needs a larger step
+    # than the default eps for the central differences to resolve the slope.
+    round_trip = lambda t: ops.Cast.apply(ops.Cast.apply(t, dtype=np.float32), dtype=np.float64)  # noqa: E731
+    check("cast", round_trip, x, eps=1e-3)
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+@st.composite
+def array_and_axis(draw, values=S.arrays, min_dims=0, single_axis=False):
+    shape = draw(S.shapes(min_dims=min_dims))
+    x = draw(values(shape))
+    nd = len(shape)
+    if single_axis:
+        return x, draw(st.integers(-nd, nd - 1))
+    axis = draw(st.one_of(
+        st.none(),
+        st.integers(-nd, nd - 1) if nd else st.none(),
+        st.lists(st.integers(0, nd - 1), unique=True, max_size=nd).map(tuple) if nd else st.just(()),
+    ))
+    return x, axis
+
+
+@case("sum")
+@given(array_and_axis(), st.booleans())
+def _sum(x_axis, keepdims):
+    x, axis = x_axis
+    check("sum", lambda t: t.sum(axis=axis, keepdims=keepdims), x)
+
+
+@case("max")
+@given(array_and_axis(values=S.distinct_arrays), st.booleans())
+def _max(x_axis, keepdims):
+    x, axis = x_axis
+    check("max", lambda t: t.max(axis=axis, keepdims=keepdims), x)
+
+
+@case("log_softmax")
+@given(array_and_axis(values=lambda s: S.arrays(s, -5.0, 5.0), min_dims=1, single_axis=True))
+def _log_softmax(x_axis):
+    x, axis = x_axis
+    check("log_softmax", lambda t: F.log_softmax(t, axis=axis), x)
+
+
+# -------------------------------------------------------------------------------- shape
+
+
+@st.composite
+def reshape_target(draw, shape):
+    """Another shape of the same size: the sides shuffled, 1s inserted, maybe one -1."""
+    sides = list(draw(st.permutations(list(shape))))
+    for _ in range(draw(st.integers(0, 2))):
+        sides.insert(draw(st.integers(0, len(sides))), 1)
+    if sides and draw(st.booleans()):
+        sides[draw(st.integers(0, len(sides) - 1))] = -1
+    if len(sides) >= 2 and draw(st.booleans()):  # merge two neighbours
+        i = draw(st.integers(0, len(sides) - 2))
+        if -1 not in sides[i:i + 2]:
+            sides[i:i + 2] = [sides[i] * sides[i + 1]]
+    return tuple(sides)
+
+
+@case("reshape")
+@given(S.shapes().flatmap(lambda s: st.tuples(S.arrays(s), reshape_target(s))))
+def _reshape(x_target):
+    x, target = x_target
+    check("reshape", lambda t: t.reshape(target), x)
+
+
+@case("transpose")
+@given(S.shapes().flatmap(lambda s: st.tuples(S.arrays(s), st.permutations(list(range(len(s)))))))
+def _transpose(x_axes):
+    x, axes = x_axes
+    check("transpose", lambda t: t.permute(*axes), x)
+
+
+@st.composite
+def array_and_index(draw):
+    shape = draw(S.shapes(max_side=4))
+    x = draw(S.arrays(shape))
+    kind = draw(st.sampled_from(["basic", "int_arrays", "repeats", "mask", "mixed"]))
+    if kind == "basic" or not shape:
+        index = draw(hnp.basic_indices(shape, allow_newaxis=True, allow_ellipsis=True))
+    elif kind == "int_arrays":
+        index = draw(hnp.integer_array_indices(shape))
+    elif kind == "repeats":  # one integer array on axis 0 that repeats indices
+        idx = draw(st.lists(st.integers(-shape[0], shape[0] - 1), min_size=1, max_size=6))
+        index = np.array(idx + idx[:1])
+    elif kind == "mask":
+        index = draw(hnp.arrays(np.bool_, shape[:draw(st.integers(1, len(shape)))]))
+    else:  # a reversed slice on axis 0, then an integer array with repeats
+        if len(shape) < 2:
+            index = (slice(None, None, -1),)
+        else:
+            idx = draw(st.lists(st.integers(0, shape[1] - 1), min_size=1, max_size=5))
+            index = (slice(None, None, -1), np.array(idx + idx[:1]))
+    return x, index
+
+
+@case("getitem")
+@given(array_and_index())
+def _getitem(x_index):
+    x, index = x_index
+    check("getitem", lambda t: t[index], x)
+
+
+@st.composite
+def array_and_pad(draw):
+    shape = draw(S.shapes())
+    x = draw(S.arrays(shape))
+    if draw(st.booleans()):
+        pad_width = draw(st.integers(0, 2))
+    else:
+        pad_width = tuple(draw(st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2))))
+                          for _ in shape)
+    value = draw(st.sampled_from([0.0, -1.5]))
+    return x, pad_width, value
+
+
+@case("pad")
+@given(array_and_pad())
+def _pad(x_pad):
+    x, pad_width, value = x_pad
+    check("pad", lambda t: F.pad(t, pad_width, value=value), x)
+
+
+# ------------------------------------------------------------------------------- linalg
+
+
+@st.composite
+def matmul_operands(draw):
+    """(a, b) in every numpy-``@`` form: 1-d x 1-d, 1-d x n-d, n-d x 1-d, broadcast batches."""
+    n, k, m = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    batch_a, batch_b = draw(S.broadcastable_pairs(max_dims=2))
+    a_shape = (k,) if draw(st.booleans()) else batch_a + (n, k)
+    b_shape = (k,) if draw(st.booleans()) else batch_b + (k, m)
+    return draw(S.arrays(a_shape)), draw(S.arrays(b_shape))
+
+
+def _mm(shape_a, shape_b):
+    rng = np.random.default_rng(1)
+    return rng.standard_normal(shape_a), rng.standard_normal(shape_b)
+
+
+@case("matmul")
+@given(matmul_operands())
+@example(_mm((3,), (3,)))
+@example(_mm((3,), (2, 3, 4)))
+@example(_mm((2, 1, 2, 3), (3,)))
+@example(_mm((2, 1, 2, 3), (3, 3, 2)))
+def _matmul(ab):
+    check("matmul", lambda a, b: a @ b, ab)
+
+
+# --------------------------------------------------------------------------------- conv
+
+# Fixed corners besides the generated ones: kernel 5 with padding 2, stride 3, non-square.
+CONV_EXAMPLES = [
+    S.geometry_example((1, 1, 5, 5), 5, 1, 2),
+    S.geometry_example((2, 2, 7, 4), (3, 2), (3, 1), (0, 2)),
+    S.geometry_example((1, 2, 3, 6), (1, 5), (2, 3), (1, 0)),
+]
+POOL_EXAMPLES = [
+    S.geometry_example((1, 1, 5, 5), 5, 1, 2),
+    S.geometry_example((2, 2, 7, 5), (3, 2), (2, 1), (1, 1)),
+    S.geometry_example((1, 1, 4, 6), (2, 3), None, 0),
+]
+
+
+def _with_examples(examples, wrap=lambda g: (g,)):
+    def deco(fn):
+        for g in examples:
+            fn = example(*wrap(g))(fn)
+        return fn
+    return deco
+
+
+def _rand(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+@case("im2col")
+@given(S.window_geometry().flatmap(lambda g: st.tuples(st.just(g), S.arrays(g["shape"]))))
+@_with_examples(CONV_EXAMPLES, wrap=lambda g: ((g, _rand(g["shape"])),))
+def _im2col(g_x):
+    g, x = g_x
+    check("im2col", lambda t: F.im2col(t, g["kernel"], g["stride"], g["padding"]), x)
+
+
+def _cols_shape(g):
+    (n, c, _, _), (kh, kw), (ho, wo) = g["shape"], g["kernel_hw"], g["out"]
+    return (c * kh * kw, n * ho * wo)
+
+
+@case("col2im")
+@given(S.window_geometry(max_channels=1, max_extra=2).flatmap(
+    lambda g: st.tuples(st.just(g), S.arrays(_cols_shape(g)))))
+@_with_examples(CONV_EXAMPLES, wrap=lambda g: ((g, _rand(_cols_shape(g))),))
+def _col2im(g_cols):
+    g, cols = g_cols
+    check("col2im", lambda t: F.col2im(t, g["shape"], g["kernel"], g["stride"], g["padding"]), cols)
+
+
+@st.composite
+def pool_case(draw):
+    g = draw(S.window_geometry(pool=True))
+    if draw(st.booleans()):  # stride omitted: defaults to the kernel
+        g = S.geometry_example(g["shape"], g["kernel"], None, g["padding"])
+    return g, draw(S.distinct_arrays(g["shape"]))
+
+
+def _distinct(shape, seed=0):
+    n = int(np.prod(shape))
+    return (np.random.default_rng(seed).permutation(n).reshape(shape) - n / 2) / 8
+
+
+@case("max_pool2d")
+@given(pool_case())
+@_with_examples(POOL_EXAMPLES, wrap=lambda g: ((g, _distinct(g["shape"])),))
+def _max_pool2d(g_x):
+    g, x = g_x
+    check("max_pool2d", lambda t: F.max_pool2d(t, g["kernel"], g["stride"], g["padding"]), x)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_op_has_a_case(name):
+    assert name in CASES, (f"primitive {name!r} ({REGISTRY[name].__name__}) has no gradcheck property "
+                           f"test: add one to CASES in tests/test_ops_gradcheck.py")
+
+
+def test_every_case_is_a_registered_op():
+    assert set(CASES) <= set(REGISTRY), f"cases for unregistered ops: {sorted(set(CASES) - set(REGISTRY))}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_op_gradcheck(name):
+    CASES[name]()
+
+
+# --------------------------------------------------------------------------- composites
+
+
+@st.composite
+def conv_case(draw):
+    g = draw(S.window_geometry())
+    c_out = draw(st.integers(1, 2))
+    w_shape = (c_out, g["shape"][1]) + g["kernel_hw"]
+    bias = draw(st.none() | S.arrays((c_out,)))
+    return g, draw(S.arrays(g["shape"])), draw(S.arrays(w_shape)), bias
+
+
+def _conv_example(g, c_out=2, bias=True):
+    w_shape = (c_out, g["shape"][1]) + g["kernel_hw"]
+    return g, _rand(g["shape"]), _rand(w_shape, 1), (_rand((c_out,), 2) if bias else None)
+
+
+@given(conv_case())
+@_with_examples(CONV_EXAMPLES, wrap=lambda g: (_conv_example(g),))
+@example(_conv_example(CONV_EXAMPLES[1], bias=False))
+def test_conv2d_gradcheck(case_):
+    g, x, w, b = case_
+    if b is None:
+        check("matmul", lambda x_, w_: F.conv2d(x_, w_, None, g["stride"], g["padding"]), (x, w))
+    else:
+        check("im2col", lambda x_, w_, b_: F.conv2d(x_, w_, b_, g["stride"], g["padding"]), (x, w, b))
+
+
+@st.composite
+def linear_case(draw):
+    batch = draw(S.shapes(min_dims=0, max_dims=2))
+    n_in, n_out = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    x = draw(S.arrays(batch + (n_in,)))
+    w = draw(S.arrays((n_out, n_in)))
+    b = draw(st.none() | S.arrays((n_out,)))
+    return x, w, b
+
+
+@given(linear_case())
+def test_linear_gradcheck(case_):
+    x, w, b = case_
+    if b is None:
+        check("matmul", lambda x_, w_: F.linear(x_, w_), (x, w))
+    else:
+        check("matmul", lambda x_, w_, b_: F.linear(x_, w_, b_), (x, w, b))
+
+
+@st.composite
+def cross_entropy_case(draw):
+    n, c = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    logits = draw(S.arrays((n, c), -4.0, 4.0))
+    targets = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, c - 1)))
+    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
+    smoothing = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+    return logits, targets, reduction, smoothing
+
+
+@given(cross_entropy_case())
+def test_cross_entropy_gradcheck(case_):
+    logits, targets, reduction, smoothing = case_
+    fn = lambda z: F.cross_entropy(z, targets, reduction=reduction, label_smoothing=smoothing)  # noqa: E731
+    check("log_softmax", fn, logits)
+
+
+@given(array_and_axis(values=lambda s: S.arrays(s, -4.0, 4.0), min_dims=1, single_axis=True))
+def test_softmax_gradcheck(x_axis):
+    x, axis = x_axis
+    check("exp", lambda t: F.softmax(t, axis=axis), x)
+
+
+@st.composite
+def batch_norm_case(draw):
+    shape = draw(st.one_of(
+        st.tuples(st.integers(2, 5), st.integers(1, 3)),
+        st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)),
+    ))
+    x = draw(S.arrays(shape))
+    c = shape[1]
+    affine = draw(st.booleans())
+    w = draw(S.arrays((c,), 0.5, 2.0)) if affine else None
+    b = draw(S.arrays((c,))) if affine else None
+    return x, w, b
+
+
+@given(batch_norm_case())
+def test_batch_norm_training_gradcheck(case_):
+    x, w, b = case_
+    c = x.shape[1]
+    running_mean, running_var = np.zeros(c), np.ones(c)  # updated in place; not checked inputs
+    if w is None:
+        fn = lambda x_: F.batch_norm(x_, running_mean, running_var, training=True)  # noqa: E731
+        check("pow", fn, x)
+    else:
+        fn = lambda x_, w_, b_: F.batch_norm(x_, running_mean, running_var, w_, b_, training=True)  # noqa: E731
+        check("pow", fn, (x, w, b))
+
+
+@given(array_and_axis(), st.booleans())
+def test_mean_gradcheck(x_axis, keepdims):
+    x, axis = x_axis
+    check("sum", lambda t: t.mean(axis=axis, keepdims=keepdims), x)
+
+
+@pytest.mark.parametrize("shapes", [
+    ((4,), (4,)),            # inner product -> 0-d
+    ((4,), (4, 3)),          # vector @ matrix
+    ((2, 4), (4,)),          # matrix @ vector
+    ((4,), (2, 3, 4, 2)),    # vector @ batch
+    ((2, 1, 3, 4), (4,)),    # batch @ vector
+    ((2, 1, 3, 4), (5, 4, 2)),  # broadcast batches
+    ((3, 4), (2, 4, 2)),     # matrix broadcast against a batch
+])
+def test_matmul_1d_and_broadcast_batches(shapes):
+    a, b = _mm(*shapes)
+    check("matmul", lambda x, y: x @ y, (a, b))
