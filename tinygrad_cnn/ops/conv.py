@@ -136,8 +136,10 @@ class Col2im(Op):
 
 @register
 class MaxPool2d(Op):
-    """Max over each kH x kW window (padding counts as -inf). The argmax is saved as the
-    window offset of the first maximum, so ties go to the first element, as in PyTorch."""
+    """Max over each kH x kW window (padding counts as -inf). In the VJP each window's
+    gradient goes to its first maximum in row-major order, so ties go to the first element,
+    as in PyTorch. Forward is a running ``maximum`` over the kH*kW strided tap views; the
+    argmax is not stored but recovered in backward by comparing each tap with the output."""
 
     name = "max_pool2d"
 
@@ -150,30 +152,40 @@ class MaxPool2d(Op):
             raise ValueError(f"max_pool2d: padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
         xp = array_module(x)
         src = x if not (ph or pw) else xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-        out = None
-        arg = xp.zeros(x.shape[:2] + (Ho, Wo), dtype=np.uint8 if kh * kw <= 255 else np.int32)
-        self.windows = []
-        for i in range(kh):
-            for j in range(kw):
-                window = (slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh),
-                          slice(j, j + (Wo - 1) * sw + 1, sw))
-                self.windows.append(window)
-                tap = src[window]
-                if out is None:
-                    out = tap.copy()
-                    continue
-                better = tap > out  # strict: an equal later tap does not take over
-                xp.copyto(out, tap, where=better)
-                xp.copyto(arg, len(self.windows) - 1, where=better)
-        self.save(arg)
-        self.in_shape, self.padded_shape, self.pad = x.shape, src.shape, (ph, pw)
+        self.windows = [(slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh),
+                         slice(j, j + (Wo - 1) * sw + 1, sw)) for i in range(kh) for j in range(kw)]
+        taps = [src[w] for w in self.windows]
+        if len(taps) == 1:
+            out = taps[0].copy()
+        else:
+            out = xp.maximum(taps[0], taps[1])
+            for tap in taps[2:]:
+                xp.maximum(out, tap, out=out)
+        self.save(src, out)
+        self.in_shape, self.pad = x.shape, (ph, pw)
+        # windows that neither overlap nor leave gaps let backward write instead of accumulate
+        self.tiles = (kh, kw) == (sh, sw) and not (ph or pw) and Ho * kh == x.shape[2] and Wo * kw == x.shape[3]
         return out
 
     def backward(self, g):
-        (arg,) = self.saved
+        src, out = self.saved
         xp = array_module(g)
-        gx = xp.zeros(self.padded_shape, dtype=g.dtype)
+        gx = xp.empty_like(src) if self.tiles else xp.zeros_like(src)
+        unclaimed = None  # windows whose maximum has not been routed yet
+        last = len(self.windows) - 1
         for k, window in enumerate(self.windows):
-            gx[window] += g * (arg == k)
+            if k == last and unclaimed is not None and self.tiles:
+                hit = unclaimed  # in a full tiling, the last tap takes what is left
+            else:
+                hit = src[window] == out
+                if unclaimed is None:
+                    unclaimed = ~hit
+                else:
+                    hit &= unclaimed
+                    unclaimed &= ~hit
+            if self.tiles:
+                xp.multiply(g, hit, out=gx[window])
+            else:
+                gx[window] += g * hit
         (ph, pw), (H, W) = self.pad, self.in_shape[2:]
-        return gx[:, :, ph:ph + H, pw:pw + W]
+        return gx if not (ph or pw) else gx[:, :, ph:ph + H, pw:pw + W]
