@@ -132,10 +132,7 @@ def load_data(cfg: Config):
         train = data.load_fashion_mnist(cfg.data, split="train")
         test = data.load_fashion_mnist(cfg.data, split="test")
         mean, std = data.FASHION_MNIST_MEAN, data.FASHION_MNIST_STD
-    if cfg.limit_train:
-        train = train[: cfg.limit_train] if not hasattr(train, "subset") else train.subset(cfg.limit_train)
-    if cfg.limit_test:
-        test = test[: cfg.limit_test] if not hasattr(test, "subset") else test.subset(cfg.limit_test)
+    train, test = train.head(cfg.limit_train), test.head(cfg.limit_test)
     scale = [data.Normalize(mean, std)] if cfg.normalize else [data.ToFloat()]
     size = train.images.shape[-1]
     augment = [data.RandomCrop(size, padding=4), data.RandomHorizontalFlip()] if cfg.augment else []
@@ -220,6 +217,7 @@ def run(cfg: Config, log=print):
 
     if cfg.resume:
         state = load_checkpoint(out / CHECKPOINT)
+        check_resumable(cfg, state["config"], out / CHECKPOINT)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if schedule is not None:
@@ -307,6 +305,21 @@ def load_checkpoint(path):
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
     return state
+
+
+# Settings that may change between a run and its resumption without changing the result.
+FREE_ON_RESUME = {"resume", "progress", "out", "data", "eval_batch_size", "epochs"}
+
+
+def check_resumable(cfg, saved, path):
+    """Refuse to resume with settings that would make the run differ from an uninterrupted one."""
+    now = asdict(cfg)
+    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in FREE_ON_RESUME and saved.get(k) != now[k]]
+    if now["epochs"] != saved.get("epochs") and cfg.schedule != "const" and cfg.budget is None:
+        changed.append(f"epochs: {saved.get('epochs')!r} -> {now['epochs']!r} (the {cfg.schedule} schedule "
+                       f"spans all epochs)")
+    if changed:
+        raise CheckpointError(f"{path}: cannot resume with different settings: " + "; ".join(changed))
 
 
 def write_metrics(out, history):
