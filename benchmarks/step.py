@@ -22,6 +22,7 @@ import numpy as np
 
 import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
+from tinygrad_cnn.backend import reuse_freed_memory
 from tinygrad_cnn.ops import Matmul
 from models import MODELS
 
@@ -288,7 +289,11 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=4, help="alternating blocks the steps are split into")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--no-reuse-memory", action="store_true",
+                   help="leave glibc's malloc settings alone (see tinygrad_cnn.backend.reuse_freed_memory)")
     args = p.parse_args(argv)
+    if not args.no_reuse_memory:
+        reuse_freed_memory()  # applies to torch too: both run in this process
     results = []
     for b in args.batch:
         r = bench(args.model, b, np.dtype(args.dtype), args.steps, args.threads, args.rounds)

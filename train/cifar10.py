@@ -26,6 +26,7 @@ import numpy as np
 import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import data, optim, rng
+from tinygrad_cnn.backend import reuse_freed_memory
 from tinygrad_cnn.io import CheckpointError, atomic_write, load_state, save_state
 from models import MODELS
 from models.seed_cnn import seed_init
@@ -354,6 +355,7 @@ def format_summary(s, out):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
+    reuse_freed_memory()  # big per-step arrays: reuse heap blocks instead of page-faulting fresh mmaps
     try:
         run(cfg)
     except (data.DatasetError, CheckpointError) as e:
