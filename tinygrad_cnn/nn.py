@@ -54,6 +54,13 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        # replacing a parameter/module by one of the same kind keeps its place (as PyTorch)
+        if isinstance(value, Parameter) and name in self._parameters:
+            self._parameters[name] = value
+            return
+        if isinstance(value, Module) and name in self._modules:
+            self._modules[name] = value
+            return
         for store in (self._parameters, self._modules, self._buffers):
             store.pop(name, None)
         if isinstance(value, Parameter):

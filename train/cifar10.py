@@ -105,18 +105,23 @@ def build_parser():
     return p
 
 
-def config_from_args(args) -> Config:
-    values = dict(DEFAULTS[args.model])
-    if args.recipe == "seed":
-        if args.model != "seed_cnn":
-            raise SystemExit("error: --recipe seed applies to --model seed_cnn only")
-        values.update(SEED_RECIPE)
-    cli = {k: v for k, v in vars(args).items() if v is not None}
-    cli["progress"] = not cli.pop("no_progress", False)
-    values.update(cli)
-    values.setdefault("out", f"runs/{args.model}")
-    if values["out"] is None:
-        values["out"] = f"runs/{args.model}"
+def config_from_args(args, parser=None) -> Config:
+    """Per-model defaults, then the recipe, then the flags given. With ``--resume``, the saved
+    run's settings replace the defaults, so ``--resume --out DIR`` alone continues a run."""
+    parser = parser or build_parser()
+    given = {k: v for k, v in vars(args).items() if v is not None and v != parser.get_default(k)}
+    out = args.out or f"runs/{args.model}"
+    if args.resume and (Path(out) / CHECKPOINT).exists():
+        values = dict(load_checkpoint(Path(out) / CHECKPOINT)["config"])
+    else:
+        values = dict(DEFAULTS[args.model], model=args.model, seed=args.seed, recipe=args.recipe)
+        if args.recipe == "seed":
+            if args.model != "seed_cnn":
+                raise SystemExit("error: --recipe seed applies to --model seed_cnn only")
+            values.update(SEED_RECIPE)
+    values.update(given)
+    values["progress"] = not args.no_progress
+    values["out"] = out
     names = {f.name for f in fields(Config)}
     return Config(**{k: v for k, v in values.items() if k in names})
 
@@ -205,7 +210,7 @@ def _progress(total, desc, enabled):
 # ----------------------------------------------------------------------------------- the run
 
 
-def run(cfg: Config, log=print):
+def run(cfg: Config, log=print, command=None):
     """Train as ``cfg`` says; return the summary dict (also written to OUT/summary.json)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,6 +283,7 @@ def run(cfg: Config, log=print):
 
     model.save(out / "model.npz")
     summary = summarize(cfg, model, history)
+    summary["command"] = command or ""
     atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if history:
         from train.plots import plot_curves
@@ -353,12 +359,13 @@ def format_summary(s, out):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     reuse_freed_memory()  # big per-step arrays: reuse heap blocks instead of page-faulting fresh mmaps
     try:
-        run(cfg)
-    except (data.DatasetError, CheckpointError) as e:
+        argv = sys.argv[1:] if argv is None else argv
+        run(config_from_args(args, parser), command=" ".join(["python -m train.cifar10", *argv]))
+    except (data.DatasetError, CheckpointError, OSError) as e:  # OSError: data not found, download failed
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
