@@ -14,7 +14,7 @@ import operator
 
 import numpy as np
 
-from ..backend import array_module, is_floating
+from ..backend import array_module, is_floating, parallel_ranges
 from . import Op, register
 
 
@@ -63,38 +63,70 @@ def _taps(offset, pad, stride, size, out_size):
     return lo, hi, slice(start, start + (hi - lo - 1) * stride + 1, stride)
 
 
-def im2col_array(x, kernel, stride, padding, out_hw):
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
-    xp = array_module(x)
-    alloc = xp.zeros if (ph or pw) else xp.empty  # without padding every tap is written
-    cols = alloc((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
-    xt = x.transpose(1, 0, 2, 3)
+def _tap_plan(kernel, stride, padding, in_hw, out_hw):
+    """For each kernel offset (i, j): (i, j, output rows, output cols, input rows, input cols)
+    of the taps that land inside the image; taps entirely in the padding are left out."""
+    (kh, kw), (sh, sw), (ph, pw), (H, W), (Ho, Wo) = kernel, stride, padding, in_hw, out_hw
+    plan = []
     for i in range(kh):
         r0, r1, rows = _taps(i, ph, sh, H, Ho)
-        if rows is None:
-            continue
         for j in range(kw):
             c0, c1, cs = _taps(j, pw, sw, W, Wo)
-            if cs is not None:
-                cols[:, i, j, :, r0:r1, c0:c1] = xt[:, :, rows, cs]
+            if rows is not None and cs is not None:
+                plan.append((i, j, slice(r0, r1), slice(c0, c1), rows, cs))
+    return plan
+
+
+def im2col_array(x, kernel, stride, padding, out_hw):
+    N, C, H, W = x.shape
+    (kh, kw), _, (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    xp = array_module(x)
+    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+    xt = x.transpose(1, 0, 2, 3)
+    plan = _tap_plan(kernel, stride, padding, (H, W), out_hw)
+    inside = {(i, j) for i, j, *_ in plan}
+    outside = [(i, j) for i in range(kh) for j in range(kw) if (i, j) not in inside]
+
+    def fill(c_lo, c_hi):
+        block = cols[c_lo:c_hi]
+        for i, j in outside:  # taps that only ever see padding
+            block[:, i, j] = 0
+        for i, j, o_r, o_c, rows, cs in plan:
+            tap = block[:, i, j]
+            tap[:, :, o_r, o_c] = xt[c_lo:c_hi, :, rows, cs]
+            if ph or pw:  # zero the border where this tap falls into the padding
+                tap[:, :, :o_r.start] = 0
+                tap[:, :, o_r.stop:] = 0
+                tap[:, :, o_r, :o_c.start] = 0
+                tap[:, :, o_r, o_c.stop:] = 0
+
+    parallel_ranges(C, fill, cols.size)
     return cols.reshape(C * kh * kw, N * Ho * Wo)
 
 
 def col2im_array(cols, x_shape, kernel, stride, padding, out_hw):
     N, C, H, W = x_shape
-    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    (kh, kw), (Ho, Wo) = kernel, out_hw
     xp = array_module(cols)
     c6 = cols.reshape(C, kh, kw, N, Ho, Wo)
-    out = xp.zeros((C, N, H, W), dtype=cols.dtype)
-    for i in range(kh):
-        r0, r1, rows = _taps(i, ph, sh, H, Ho)
-        if rows is None:
-            continue
-        for j in range(kw):
-            c0, c1, cs = _taps(j, pw, sw, W, Wo)
-            if cs is not None:
-                out[:, :, rows, cs] += c6[:, i, j, :, r0:r1, c0:c1]
+    out = xp.empty((C, N, H, W), dtype=cols.dtype)
+    plan = _tap_plan(kernel, stride, padding, (H, W), out_hw)
+    # A tap that covers every input pixel once (stride 1, e.g. the centre of a "same" conv)
+    # is assigned first, so the buffer needs no zero fill.
+    full = next((t for t in plan if (t[4], t[5]) == (slice(0, H, 1), slice(0, W, 1))), None)
+
+    def accumulate(c_lo, c_hi):
+        if full is None:
+            out[c_lo:c_hi] = 0
+        else:
+            i, j, o_r, o_c, _, _ = full
+            out[c_lo:c_hi] = c6[c_lo:c_hi, i, j, :, o_r, o_c]
+        for tap in plan:
+            if tap is not full:
+                i, j, o_r, o_c, rows, cs = tap
+                out[c_lo:c_hi, :, rows, cs] += c6[c_lo:c_hi, i, j, :, o_r, o_c]
+
+    parallel_ranges(C, accumulate, out.size * len(plan))
     return out.transpose(1, 0, 2, 3)
 
 
