@@ -20,10 +20,8 @@ reuses every step (each as large as the largest parameter), so a step allocates 
      "param_groups": [{"lr": 0.001, "betas": (0.9, 0.999), ..., "params": [0, 1]}, ...]}
 
 State is keyed by the parameter's index counted across all groups in order.
-``flatten_state_dict`` turns that (or a scheduler's state) into ``{"state.0.exp_avg": array,
-"param_groups.0.lr": array, ...}`` for ``np.savez(..., allow_pickle=False)``, and
-``unflatten_state_dict`` undoes it; ``load_state_dict`` accepts either form's values (0-d
-arrays for numbers, arrays for lists, a dict ``{0: group, ...}`` for the list of groups).
+``tinygrad_cnn.io.save_state`` writes it (or a scheduler's state) to an ``.npz`` without
+pickle; ``load_state_dict`` also accepts numbers stored as 0-d arrays and lists as arrays.
 """
 from __future__ import annotations
 
@@ -37,7 +35,7 @@ from .tensor import Tensor, enable_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW",
            "LRScheduler", "LambdaLR", "StepLR", "ConstantLR", "CosineAnnealingLR", "OneCycleLR",
-           "clip_grad_norm_", "flatten_state_dict", "unflatten_state_dict"]
+           "clip_grad_norm_"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -912,49 +910,3 @@ class OneCycleLR(LRScheduler):
         lrs, moms = self._values(self._progress_step(fraction))
         self._apply_momentum(moms)
         self._set_lrs(lrs)
-
-
-# ------------------------------------------------------------------- flat checkpoint form
-
-
-def flatten_state_dict(state_dict, prefix=""):
-    """A nested state dict (dicts, lists/tuples, arrays, numbers) as ``{"a.0.b": ndarray}``,
-    savable with ``np.savez`` and loadable with ``allow_pickle=False``. Lists and tuples of
-    numbers become 1-d arrays; lists of dicts are indexed like dicts."""
-    out = {}
-
-    def walk(obj, key):
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                ks = str(k)
-                if "." in ks:
-                    raise ValueError(f"flatten_state_dict: key {ks!r} contains '.'")
-                walk(v, f"{key}.{ks}" if key else ks)
-        elif isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in obj):
-            for i, v in enumerate(obj):
-                walk(v, f"{key}.{i}" if key else str(i))
-        else:
-            arr = _to_numpy(obj) if is_array(obj) else np.asarray(obj)
-            if arr.dtype == object:
-                raise TypeError(f"flatten_state_dict: entry {key!r} is not numeric data ({type(obj).__name__})")
-            out[key] = arr
-
-    walk(state_dict, prefix)
-    return out
-
-
-def unflatten_state_dict(flat, prefix=""):
-    """Undo ``flatten_state_dict``: nested dicts, integer-looking keys as ints. Values stay arrays
-    (0-d for numbers); ``load_state_dict`` of optimizers and schedulers accepts them as they are."""
-    root = {}
-    for key, v in flat.items():
-        if prefix:
-            if not key.startswith(prefix + "."):
-                continue
-            key = key[len(prefix) + 1:]
-        parts = [int(p) if p.isdigit() else p for p in key.split(".")]
-        node = root
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return root

@@ -353,12 +353,8 @@ class Tensor:
                 raise RuntimeError(
                     f"backward: the graph through '{op.name}' was already freed by an earlier backward(); "
                     f"pass retain_graph=True to the first backward() to go through it twice")
-            if _profiler is None:
-                in_grads = op.backward(g)
-            else:
-                t0 = time.perf_counter()
-                in_grads = op.backward(g)
-                _profiler.record(op.name, "backward", time.perf_counter() - t0)
+            t0 = None if _profiler is None else time.perf_counter()
+            in_grads = op.backward(g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
             for i, (parent, need, pg) in enumerate(zip(op.parents, op.needs_input_grad, in_grads)):
@@ -368,6 +364,8 @@ class Tensor:
                 key = id(parent)
                 prev = grads.get(key)
                 grads[key] = pg if prev is None else prev + pg
+            if t0 is not None:  # the VJP plus summing its gradients to shape and into place
+                _profiler.record(op.name, "backward", time.perf_counter() - t0)
             if not retain_graph:
                 op.release()
 
