@@ -171,7 +171,8 @@ class MaxPool2d(Op):
     """Max over each kH x kW window (padding counts as -inf). In the VJP each window's
     gradient goes to its first maximum in row-major order, so ties go to the first element,
     as in PyTorch. Forward is a running ``maximum`` over the kH*kW strided tap views; the
-    argmax is not stored but recovered in backward by comparing each tap with the output."""
+    argmax is not stored but recovered in backward by comparing each tap with the output.
+    Both directions work on channel blocks, on several threads for large inputs."""
 
     name = "max_pool2d"
 
@@ -187,12 +188,18 @@ class MaxPool2d(Op):
         self.windows = [(slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh),
                          slice(j, j + (Wo - 1) * sw + 1, sw)) for i in range(kh) for j in range(kw)]
         taps = [src[w] for w in self.windows]
-        if len(taps) == 1:
-            out = taps[0].copy()
-        else:
-            out = xp.maximum(taps[0], taps[1])
+        out = xp.empty_like(taps[0])  # keeps the input's memory layout (e.g. channel-major)
+
+        def pool(lo, hi):
+            o = out[:, lo:hi]
+            if len(taps) == 1:
+                o[...] = taps[0][:, lo:hi]
+                return
+            xp.maximum(taps[0][:, lo:hi], taps[1][:, lo:hi], out=o)
             for tap in taps[2:]:
-                xp.maximum(out, tap, out=out)
+                xp.maximum(o, tap[:, lo:hi], out=o)
+
+        parallel_ranges(x.shape[1], pool, src.size)
         self.save(src, out)
         self.in_shape, self.pad = x.shape, (ph, pw)
         # windows that neither overlap nor leave gaps let backward write instead of accumulate
@@ -202,38 +209,28 @@ class MaxPool2d(Op):
     def backward(self, g):
         src, out = self.saved
         xp = array_module(g)
-        if self.tiles:
-            gx = self._tiled_backward(xp, src, out, g)
-            if gx is not None:
-                return gx
         gx = xp.empty_like(src) if self.tiles else xp.zeros_like(src)
-        unclaimed = None  # windows whose maximum has not been routed yet
-        last = len(self.windows) - 1
-        for k, window in enumerate(self.windows):
-            if k == last and unclaimed is not None and self.tiles:
-                hit = unclaimed  # in a full tiling, the last tap takes what is left
-            else:
-                hit = src[window] == out
-                if unclaimed is None:
-                    unclaimed = ~hit
-                else:
-                    hit &= unclaimed
-                    unclaimed &= ~hit
-            if self.tiles:
-                xp.multiply(g, hit, out=gx[window])
-            else:
-                gx[window] += g * hit
+        parallel_ranges(src.shape[1], lambda lo, hi: self._route(xp, src[:, lo:hi], out[:, lo:hi],
+                                                                  g[:, lo:hi], gx[:, lo:hi]), src.size)
         (ph, pw), (H, W) = self.pad, self.in_shape[2:]
         return gx if not (ph or pw) else gx[:, :, ph:ph + H, pw:pw + W]
 
-    def _tiled_backward(self, xp, src, out, g):
-        """Fast path for windows that tile the input: compare each tap with the window maxima and,
-        when every window has exactly one maximum (no ties, no NaN), write ``g`` through the
-        masks. Otherwise returns None and the tap-by-tap path breaks the ties."""
+    def _route(self, xp, src, out, g, gx):
+        """Send each window's gradient to its first maximum (one block of channels)."""
         hits = [src[w] == out for w in self.windows]
-        if sum(int(xp.count_nonzero(h)) for h in hits) != out.size:
-            return None
-        gx = xp.empty_like(src)  # same memory layout as the input, so the next VJP needs no copy
+        if self.tiles and sum(int(xp.count_nonzero(h)) for h in hits) == out.size:
+            # every window has exactly one maximum (no ties, no NaN): write through the masks
+            for w, hit in zip(self.windows, hits):
+                xp.multiply(g, hit, out=gx[w])
+            return
+        unclaimed = None  # windows whose maximum has not been routed yet
         for w, hit in zip(self.windows, hits):
-            xp.multiply(g, hit, out=gx[w])
-        return gx
+            if unclaimed is None:
+                unclaimed = ~hit
+            else:
+                hit &= unclaimed
+                unclaimed &= ~hit
+            if self.tiles:
+                xp.multiply(g, hit, out=gx[w])
+            else:
+                gx[w] += g * hit
