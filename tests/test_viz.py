@@ -390,7 +390,7 @@ def test_cli_writes_dot_and_svg(tmp_path, capsys):
     code, stdout, err = run_main(["models.seed_cnn:SeedCNN", "--input-shape", "1,3,32,32", "--out", str(out)], capsys)
     assert code == 0, err
     assert "cluster_conv1" in out.read_text() and "wrote" in stdout
-    code, _, err = run_main(["fc", "--grad", "--collapse", "--out", str(tmp_path / "fc.dot")], capsys)
+    code, _, err = run_main(["models.fc_baseline:FCBaseline", "--grad", "--collapse", "--out", str(tmp_path / "fc.dot")], capsys)
     assert code == 0, err
     src = (tmp_path / "fc.dot").read_text()
     assert "params |g|=" in src and "box3d" in src
@@ -417,7 +417,7 @@ def test_cli_checkpoints(tmp_path, capsys):
     from tinygrad_cnn import io
     if hasattr(io, "save_state"):  # a training checkpoint: weights under "model", class under "model_class"
         state = tmp_path / "state.npz"
-        io.save_state(state, {"model": model.state_dict(), "model_class": "seed_cnn", "epoch": 3})
+        io.save_state(state, {"model": model.state_dict(), "model_class": "models.seed_cnn:SeedCNN", "epoch": 3})
         code, _, err = run_main([str(state), "--out", str(tmp_path / "s.dot")], capsys)
         assert code == 0, err
     code, _, err = run_main([str(plain), "--model-class", "models.fc_baseline:FCBaseline", "--out",

@@ -733,8 +733,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser():
     p = _Parser(prog=PROG, description="Draw the autograd graph of a model's forward (and backward) pass.")
     p.add_argument("model", metavar="MODEL",
-                   help="module:Class (e.g. models.seed_cnn:SeedCNN), a name from models.MODELS (seed_cnn, "
-                        "fc, fast_cnn), or a checkpoint .npz (see --model-class)")
+                   help="module:Class (e.g. models.seed_cnn:SeedCNN) or a checkpoint .npz (see --model-class)")
     p.add_argument("--input-shape", default="1,3,32,32", help="comma-separated input shape (default 1,3,32,32)")
     p.add_argument("--out", default="graph.svg", help="output file: .svg, .png, .pdf, or .dot for the source only")
     p.add_argument("--grad", action="store_true",
@@ -758,14 +757,8 @@ def _resolve_class(spec):
     from .nn import Module
 
     if ":" not in spec:
-        try:
-            from models import MODELS
-        except Exception:
-            MODELS = {}
-        if spec in MODELS:
-            return MODELS[spec]
-        raise CliError(f"model {spec!r} is neither module:Class (e.g. models.seed_cnn:SeedCNN), a name from "
-                       f"models.MODELS, nor an existing checkpoint file")
+        raise CliError(f"model {spec!r} is neither module:Class (e.g. models.seed_cnn:SeedCNN) nor an "
+                       f"existing checkpoint file")
     mod_name, _, cls_name = spec.partition(":")
     try:
         module = importlib.import_module(mod_name)
