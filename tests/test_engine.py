@@ -372,3 +372,18 @@ def test_grad_fn_and_leaf_flags():
     y = x.exp()
     assert x.is_leaf and x.grad_fn is None
     assert not y.is_leaf and y.grad_fn.name == "exp" and y.grad_fn.parents == (x,)
+
+
+def test_square_of_one_tensor_and_product_of_two_sharing_data():
+    """x * x takes a one-product path in Mul's VJP; two tensors over one array must not."""
+    arr = np.array([1.0, 2.0, 3.0])
+    x = Tensor(arr, requires_grad=True)
+    (x * x).sum().backward()
+    np.testing.assert_array_equal(x.grad, 2 * arr)
+    a, b = Tensor(arr, requires_grad=True), Tensor(arr, requires_grad=True)
+    (a * b).sum().backward()
+    np.testing.assert_array_equal(a.grad, arr)
+    np.testing.assert_array_equal(b.grad, arr)
+    c, d = Tensor(arr, requires_grad=True), Tensor(arr)
+    (c * d).sum().backward()
+    np.testing.assert_array_equal(c.grad, arr)

@@ -54,6 +54,8 @@ class Mul(_Binary):
     def backward(self, g):
         a, b = self.saved
         need_a, need_b = self.needs_input_grad
+        if need_a and self.parents[0] is self.parents[1]:  # x * x: d(x^2)/dx = 2x in one product
+            return g * (a + a), None
         return (g * b if need_a else None), (g * a if need_b else None)
 
 
