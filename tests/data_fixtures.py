@@ -140,3 +140,15 @@ def http_server(files: dict[str, bytes], cut: dict[str, int] | None = None):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def have_fashion_mnist() -> bool:
+    """True when the real Fashion-MNIST files are where the loader looks (Debian's package)."""
+    from tinygrad_cnn import data
+
+    try:
+        data.find_fashion_mnist(None, "train")
+        data.find_fashion_mnist(None, "test")
+        return True
+    except FileNotFoundError:
+        return False

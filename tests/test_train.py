@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tinygrad_cnn import data
+from data_fixtures import have_fashion_mnist
 from tinygrad_cnn.io import load_arrays
 from models import SeedCNN
 
@@ -278,16 +279,9 @@ def test_default_recipes_and_flags():
 # ------------------------------------------------------------------------ Fashion-MNIST
 
 
-def _have_fashion_mnist():
-    try:
-        data.find_fashion_mnist(None, "train")
-        data.find_fashion_mnist(None, "test")
-        return True
-    except FileNotFoundError:
-        return False
 
 
-@pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST files not available")
+@pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST files not available")
 def test_fashion_mnist_fc_run(tmp_path):
     out = tmp_path / "fmnist"
     assert tr.main(["--dataset", "fashion-mnist", "--model", "fc", "--limit-train", "1024", "--limit-test",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygrad_cnn import data
+from data_fixtures import have_fashion_mnist
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -21,13 +21,6 @@ def _blocks():
     return BLOCK.findall(TUTORIAL.read_text())
 
 
-def _have_fashion_mnist():
-    try:
-        data.find_fashion_mnist(None, "train")
-        data.find_fashion_mnist(None, "test")
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def test_tutorial_has_the_promised_steps():
@@ -44,7 +37,7 @@ def test_tutorial_has_the_promised_steps():
         compile(block, f"tutorial block {i + 1}", "exec")
 
 
-@pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot not installed")
 def test_every_python_block_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -370,6 +370,18 @@ def _alert(norm):
     return f' color="{color}" penwidth=2' if color in (_RED, _ORANGE) else ""
 
 
+def _node_attrs(t, names, show_grad):
+    """DOT attributes of one graph node: an op box, or a leaf styled by its kind."""
+    if t._ctx is not None:
+        label, extra = _op_label(t, show_grad)
+        return f"label={label} {_STYLE_OP}{extra}"
+    label, style = _tensor_lines(t, names, show_grad)
+    attrs = f"label={label} {style}"
+    if show_grad and t.grad is not None:
+        attrs += _alert(grad_norm(t.grad))
+    return attrs
+
+
 def _op_label(t, show_grad):
     op = t._ctx
     args = op_args(op)
@@ -411,15 +423,7 @@ def _detail_view(order, parents, names, clusters, show_grad, use_clusters):
             elif not data[i] and len(consumer_keys.get(i, ())) == 1:  # so does a constant only it uses
                 keys[i] = next(iter(consumer_keys[i]))
     for i, t in enumerate(order):
-        if t._ctx is not None:
-            label, extra = _op_label(t, show_grad)
-            attrs = f"label={label} {_STYLE_OP}{extra}"
-        else:
-            label, style = _tensor_lines(t, names, show_grad)
-            attrs = f"label={label} {style}"
-            if show_grad and t.grad is not None:
-                attrs += _alert(grad_norm(t.grad))
-        view.add(attrs, keys[i])
+        view.add(_node_attrs(t, names, show_grad), keys[i])
     for i, ps in enumerate(parents):
         if not ps:
             continue
@@ -499,13 +503,7 @@ def _collapsed_view(order, parents, names, clusters, show_grad, depth):
     for i, t in enumerate(order):
         key = keys[i]
         if key is None:
-            if t._ctx is not None:
-                label, extra = _op_label(t, show_grad)
-                attrs = f"label={label} {_STYLE_OP}{extra}"
-            else:
-                label, style = _tensor_lines(t, names, show_grad)
-                attrs = f"label={label} {style}"
-            vindex[i] = view.add(attrs, ())
+            vindex[i] = view.add(_node_attrs(t, names, show_grad), ())
             vflags.append(data[i])
             continue
         if key in groups:
