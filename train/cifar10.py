@@ -32,6 +32,7 @@ from models import MODELS
 from models.seed_cnn import seed_init
 
 CHECKPOINT = "checkpoint.npz"
+UNCAPPED = 10**6  # the epoch "limit" of a --budget run without --epochs
 METRICS = "metrics.jsonl"
 
 # Per-model defaults (a flag on the command line overrides each one).
@@ -80,7 +81,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m train.cifar10", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="seed_cnn")
     p.add_argument("--dataset", choices=["cifar10", "fashion-mnist"], default="cifar10")
-    p.add_argument("--epochs", type=int, help="number of epochs (the cap, with --budget)")
+    p.add_argument("--epochs", type=int, help="number of epochs (with --budget: an optional cap)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate (the peak, with onecycle)")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
@@ -120,6 +121,8 @@ def config_from_args(args, parser=None) -> Config:
                 raise SystemExit("error: --recipe seed applies to --model seed_cnn only")
             values.update(SEED_RECIPE)
     values.update(given)
+    if values.get("budget") is not None and "epochs" not in given and not args.resume:
+        values["epochs"] = UNCAPPED  # with a budget and no --epochs, the clock alone ends the run
     values["progress"] = not args.no_progress
     values["out"] = out
     names = {f.name for f in fields(Config)}
@@ -246,7 +249,8 @@ def run(cfg: Config, log=print, command=None):
             break
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = _progress(len(train_loader), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        total = "" if cfg.epochs == UNCAPPED else f"/{cfg.epochs}"
+        bar = _progress(len(train_loader), f"epoch {epoch + 1}{total}", cfg.progress)
         for x, y in train_loader:
             if cfg.budget is not None and schedule is not None:
                 schedule.set_progress(min((time.perf_counter() - started) / (cfg.budget - eval_reserve), 1.0))

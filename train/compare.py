@@ -134,9 +134,8 @@ def main(argv=None):
     for name in ("seed_cnn", "fc"):
         run_dir = out / name
         if not args.report_only:
-            # the budget ends each run; --epochs is only a cap that it never reaches
-            argv_run = ["--model", name, "--budget", str(args.budget), "--epochs", "1000",
-                        "--seed", str(args.seed), "--out", str(run_dir), "--no-progress"]
+            argv_run = ["--model", name, "--budget", str(args.budget), "--seed", str(args.seed),
+                        "--out", str(run_dir), "--no-progress"]
             if args.data:
                 argv_run += ["--data", args.data]
             if cifar10.main(argv_run) != 0:
