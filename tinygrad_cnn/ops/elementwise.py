@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module, is_floating
+from ..tensor import sum_to_shape
 from . import Op, register
 
 
@@ -37,10 +38,13 @@ class Sub(_Binary):
     name = "sub"
 
     def compute(self, a, b):
+        self.b_shape = b.shape
         return a - b
 
     def backward(self, g):
-        return g, -g
+        # negate after summing to b's shape: a broadcast b (a mean, a bias) then costs no
+        # full-size negation
+        return g, (-sum_to_shape(g, self.b_shape) if self.needs_input_grad[1] else None)
 
 
 @register
