@@ -173,6 +173,26 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(reference_run
 
 
 @needs_cifar
+def test_resume_needs_only_the_output_directory(reference_run, tmp_path, monkeypatch):
+    """``--resume --out DIR`` alone continues with the saved run's settings (model, data,
+    limits, batch size, epochs), not the command line's defaults."""
+    out = tmp_path / "bare"
+    real_save = tr.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tr.main(_args(out))
+    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    assert tr.main(["--resume", "--out", str(out), "--no-progress"]) == 0
+    assert _without_times(_metrics(out)) == _without_times(_metrics(reference_run))
+    _assert_same_model(out, reference_run)
+
+
+@needs_cifar
 def test_one_epoch_then_resume_to_two_equals_two_epochs(tmp_path):
     """``--epochs 1`` then ``--resume --epochs 2`` == ``--epochs 2`` for a schedule that does not
     depend on the epoch count (here const; onecycle/cosine refuse to be extended, see below)."""
