@@ -18,41 +18,41 @@ import strategies as S
 # --------------------------------------------------------------------------- references
 
 
+def _naive_taps(shape, kernel, stride, padding):
+    """Every in-image tap as (cols row, cols column, n, c, r, s): column entry [row, col] of
+    im2col holds pixel x[n, c, r, s]. Six plain loops: the reference the fast code is checked
+    against."""
+    N, C, H, W = shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(N):
+                    for ho in range(Ho):
+                        for wo in range(Wo):
+                            r, s = ho * sh + i - ph, wo * sw + j - pw
+                            if 0 <= r < H and 0 <= s < W:
+                                yield row, (n * Ho + ho) * Wo + wo, n, c, r, s
+
+
 def naive_im2col(x, kernel, stride, padding):
     """cols[(c, i, j), (n, ho, wo)] = x[n, c, ho*sh + i - ph, wo*sw + j - pw], or 0 outside."""
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
     cols = np.zeros((C * kh * kw, N * Ho * Wo), dtype=x.dtype)
-    for c in range(C):
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                for n in range(N):
-                    for ho in range(Ho):
-                        for wo in range(Wo):
-                            r, s = ho * sh + i - ph, wo * sw + j - pw
-                            if 0 <= r < H and 0 <= s < W:
-                                cols[row, (n * Ho + ho) * Wo + wo] = x[n, c, r, s]
+    for row, col, n, c, r, s in _naive_taps(x.shape, kernel, stride, padding):
+        cols[row, col] = x[n, c, r, s]
     return cols
 
 
 def naive_col2im(cols, shape, kernel, stride, padding):
     """The transpose of naive_im2col: every column entry is added back to its pixel."""
-    N, C, H, W = shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
     x = np.zeros(shape, dtype=cols.dtype)
-    for c in range(C):
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                for n in range(N):
-                    for ho in range(Ho):
-                        for wo in range(Wo):
-                            r, s = ho * sh + i - ph, wo * sw + j - pw
-                            if 0 <= r < H and 0 <= s < W:
-                                x[n, c, r, s] += cols[row, (n * Ho + ho) * Wo + wo]
+    for row, col, n, c, r, s in _naive_taps(shape, kernel, stride, padding):
+        x[n, c, r, s] += cols[row, col]
     return x
 
 

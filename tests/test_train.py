@@ -147,11 +147,8 @@ def test_same_seed_gives_identical_metrics_and_weights(reference_run, tmp_path):
     _assert_same_model(out, reference_run)
 
 
-@needs_cifar
-def test_resume_after_an_interruption_equals_the_uninterrupted_run(reference_run, tmp_path, monkeypatch):
-    """A 2-epoch run killed right after epoch 1's checkpoint, then ``--resume``d, gives exactly
-    the metrics and weights of the uninterrupted run (onecycle schedule, Adam, augmentation)."""
-    out = tmp_path / "interrupted"
+def _interrupt_after_first_checkpoint(out, monkeypatch):
+    """Start the reference 2-epoch run in ``out`` and kill it right after epoch 1's checkpoint."""
     real_save = tr.save_checkpoint
 
     def save_then_die(*args, **kwargs):
@@ -162,6 +159,14 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(reference_run
     with pytest.raises(KeyboardInterrupt):
         tr.main(_args(out))
     monkeypatch.setattr(tr, "save_checkpoint", real_save)
+
+
+@needs_cifar
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(reference_run, tmp_path, monkeypatch):
+    """A 2-epoch run killed right after epoch 1's checkpoint, then ``--resume``d, gives exactly
+    the metrics and weights of the uninterrupted run (onecycle schedule, Adam, augmentation)."""
+    out = tmp_path / "interrupted"
+    _interrupt_after_first_checkpoint(out, monkeypatch)
     assert (out / "checkpoint.npz").exists() and not (out / "model.npz").exists()
     assert tr.load_checkpoint(out / "checkpoint.npz")["epoch"] == 1
 
@@ -177,16 +182,7 @@ def test_resume_needs_only_the_output_directory(reference_run, tmp_path, monkeyp
     """``--resume --out DIR`` alone continues with the saved run's settings (model, data,
     limits, batch size, epochs), not the command line's defaults."""
     out = tmp_path / "bare"
-    real_save = tr.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tr, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        tr.main(_args(out))
-    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    _interrupt_after_first_checkpoint(out, monkeypatch)
     assert tr.main(["--resume", "--out", str(out), "--no-progress"]) == 0
     assert _without_times(_metrics(out)) == _without_times(_metrics(reference_run))
     _assert_same_model(out, reference_run)
