@@ -6,11 +6,13 @@ and no cleverness about padding, so they are easy to read and hard to get wrong.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 import tinygrad_cnn.functional as F
-from tinygrad_cnn import Tensor
+from tinygrad_cnn import Tensor, backend, no_grad
+from tinygrad_cnn.ops import conv as conv_ops
 
 import strategies as S
 
@@ -194,3 +196,51 @@ def test_max_pool2d_first_maximum_wins():
     want = np.zeros_like(x)
     want[0, 0, 0, 1] = 1.0  # the first 3 in row-major order, not split among the four
     np.testing.assert_array_equal(t.grad, want)
+
+
+# ------------------------------------------------- the threaded paths, on channel-major inputs
+
+
+@pytest.fixture
+def threads_for_everything(monkeypatch):
+    """Split even tiny inputs over 3 threads, and pooling into one-channel chunks, so the
+    channel-block code runs in these tests."""
+    monkeypatch.setattr(backend, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(conv_ops, "_CHUNK", 1)
+    monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
+
+
+def _channel_major(x):
+    """The same values as ``x``, stored (C, N, H, W) the way a convolution's output is."""
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (2, 2, 0), (3, 2, 1), ((3, 2), (1, 2), (0, 1))])
+def test_conv_primitives_threaded_on_channel_major_input(threads_for_everything, kernel, stride, padding):
+    x = _channel_major(np.round(_rand((2, 5, 6, 7)) * 4))  # ties for the pool
+    k, s, p = (kernel if isinstance(kernel, tuple) else (kernel, kernel)), \
+        (stride if isinstance(stride, tuple) else (stride, stride)), \
+        (padding if isinstance(padding, tuple) else (padding, padding))
+    cols = F.im2col(Tensor(x), kernel, stride, padding).numpy()
+    np.testing.assert_array_equal(cols, naive_im2col(x, k, s, p))
+    y = _rand(cols.shape, 1)
+    np.testing.assert_allclose(F.col2im(Tensor(y), x.shape, kernel, stride, padding).numpy(),
+                               naive_col2im(y, x.shape, k, s, p), rtol=1e-12, atol=1e-12)
+    if 2 * p[0] <= k[0] and 2 * p[1] <= k[1]:
+        t = Tensor(x, requires_grad=True)
+        out = F.max_pool2d(t, kernel, stride, padding)
+        g = _rand(out.shape, 2)
+        out.backward(g)
+        want_out, want_grad = naive_max_pool2d(x, g, k, s, p)
+        np.testing.assert_array_equal(out.numpy(), want_out)
+        np.testing.assert_allclose(t.grad, want_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool2d_saves_one_byte_per_window_pass_not_the_input():
+    x = Tensor(_rand((2, 3, 8, 8)), requires_grad=True)
+    out = F.max_pool2d(x, 2)
+    saved = [a for a in out._ctx.saved if a is not None]
+    assert [a.dtype for a in saved] == [np.uint8, np.uint8]
+    assert sum(a.nbytes for a in saved) == 2 * 3 * 8 * 4 + 2 * 3 * 4 * 4
+    with no_grad():
+        assert F.max_pool2d(x, 2)._ctx is None

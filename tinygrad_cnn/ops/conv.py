@@ -170,9 +170,15 @@ class Col2im(Op):
 class MaxPool2d(Op):
     """Max over each kH x kW window (padding counts as -inf). In the VJP each window's
     gradient goes to its first maximum in row-major order, so ties go to the first element,
-    as in PyTorch. Forward is a running ``maximum`` over the kH*kW strided tap views; the
-    argmax is not stored but recovered in backward by comparing each tap with the output.
-    Both directions work on channel blocks, on several threads for large inputs."""
+    as in PyTorch.
+
+    The max is taken in two separable passes: along each row over the kW column taps, then
+    over the kH rows of those row maxima. Each pass keeps, as one byte per output, which tap
+    won (the first of equals), so the first maximum of a row followed by the first row holding
+    the window's maximum is exactly the row-major first maximum. Backward routes the gradient
+    back through the two passes with one multiply per tap and never stores the input. Both
+    directions work on channel blocks, on several threads for large inputs.
+    """
 
     name = "max_pool2d"
 
@@ -185,52 +191,104 @@ class MaxPool2d(Op):
             raise ValueError(f"max_pool2d: padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
         xp = array_module(x)
         src = x if not (ph or pw) else xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-        self.windows = [(slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh),
-                         slice(j, j + (Wo - 1) * sw + 1, sw)) for i in range(kh) for j in range(kw)]
-        taps = [src[w] for w in self.windows]
-        out = xp.empty_like(taps[0])  # keeps the input's memory layout (e.g. channel-major)
+        rows_used = (Ho - 1) * sh + kh  # input rows that some window reads
+        self.col_taps = [(slice(None), slice(None), slice(0, rows_used), slice(j, j + (Wo - 1) * sw + 1, sw))
+                         for j in range(kw)]
+        self.row_taps = [(slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh)) for i in range(kh)]
+        keep = self._record
+        channel_major = src.strides[1] > src.strides[0]  # e.g. a convolution's output
+        rows = _empty(xp, src[self.col_taps[0]].shape, x.dtype, channel_major)
+        out = _empty(xp, rows[self.row_taps[0]].shape, x.dtype, channel_major)
+        index_dtype = np.min_scalar_type(max(kh, kw) - 1)
+        col_win = _empty(xp, rows.shape, index_dtype, channel_major) if keep and kw > 1 else None
+        row_win = _empty(xp, out.shape, index_dtype, channel_major) if keep and kh > 1 else None
 
         def pool(lo, hi):
-            o = out[:, lo:hi]
-            if len(taps) == 1:
-                o[...] = taps[0][:, lo:hi]
-                return
-            xp.maximum(taps[0][:, lo:hi], taps[1][:, lo:hi], out=o)
-            for tap in taps[2:]:
-                xp.maximum(o, tap[:, lo:hi], out=o)
+            for block in _channel_chunks(lo, hi, src[0, 0].size * src.shape[0]):
+                _running_max(xp, [src[t][block] for t in self.col_taps], rows[block],
+                             None if col_win is None else col_win[block])
+                _running_max(xp, [rows[t][block] for t in self.row_taps], out[block],
+                             None if row_win is None else row_win[block])
 
         parallel_ranges(x.shape[1], pool, src.size)
-        self.save(src, out)
-        self.in_shape, self.pad = x.shape, (ph, pw)
-        # windows that neither overlap nor leave gaps let backward write instead of accumulate
-        self.tiles = (kh, kw) == (sh, sw) and not (ph or pw) and Ho * kh == x.shape[2] and Wo * kw == x.shape[3]
+        self.save(col_win, row_win)
+        self.geometry = (src.shape, rows.shape, (ph, pw), x.shape[2:], channel_major)
         return out
 
     def backward(self, g):
-        src, out = self.saved
+        col_win, row_win = self.saved
+        src_shape, rows_shape, (ph, pw), (H, W), channel_major = self.geometry
         xp = array_module(g)
-        gx = xp.empty_like(src) if self.tiles else xp.zeros_like(src)
-        parallel_ranges(src.shape[1], lambda lo, hi: self._route(xp, src[:, lo:hi], out[:, lo:hi],
-                                                                  g[:, lo:hi], gx[:, lo:hi]), src.size)
-        (ph, pw), (H, W) = self.pad, self.in_shape[2:]
+        kh, sh = len(self.row_taps), self.row_taps[0][2].step
+        kw, sw = len(self.col_taps), self.col_taps[0][3].step
+        # The gradient of the row maxima, then of the input. Where windows do not overlap a
+        # pass writes each tap's share; where they overlap it accumulates. Buffers start at
+        # zero unless the windows cover every element.
+        covered = sw == kw and rows_shape[2] == src_shape[2] and rows_shape[3] * kw == src_shape[3]
+        g_rows = _empty(xp, rows_shape, g.dtype, channel_major, zero=sh != kh)
+        gx = _empty(xp, src_shape, g.dtype, channel_major, zero=not covered)
+
+        def route(lo, hi):
+            for block in _channel_chunks(lo, hi, src_shape[0] * src_shape[2] * src_shape[3]):
+                _route(xp, g[block], None if row_win is None else row_win[block],
+                       [g_rows[t][block] for t in self.row_taps], sh >= kh)
+                _route(xp, g_rows[block], None if col_win is None else col_win[block],
+                       [gx[t][block] for t in self.col_taps], sw >= kw)
+
+        parallel_ranges(src_shape[1], route, int(np.prod(src_shape)))
         return gx if not (ph or pw) else gx[:, :, ph:ph + H, pw:pw + W]
 
-    def _route(self, xp, src, out, g, gx):
-        """Send each window's gradient to its first maximum (one block of channels)."""
-        hits = [src[w] == out for w in self.windows]
-        if self.tiles and sum(int(xp.count_nonzero(h)) for h in hits) == out.size:
-            # every window has exactly one maximum (no ties, no NaN): write through the masks
-            for w, hit in zip(self.windows, hits):
-                xp.multiply(g, hit, out=gx[w])
-            return
-        unclaimed = None  # windows whose maximum has not been routed yet
-        for w, hit in zip(self.windows, hits):
-            if unclaimed is None:
-                unclaimed = ~hit
+
+_CHUNK = 1 << 17  # elements per pooling chunk: its scratch copies stay in the L2 cache
+
+
+def _channel_chunks(lo, hi, per_channel):
+    """Index tuples for runs of channels in [lo, hi) of about ``_CHUNK`` elements each."""
+    step = max(1, _CHUNK // max(1, per_channel))
+    for c in range(lo, hi, step):
+        yield slice(None), slice(c, min(c + step, hi))
+
+
+def _empty(xp, shape, dtype, channel_major, zero=False):
+    """An (N, C, ...) buffer, stored channel-major when the input was (the next op's layout)."""
+    make = xp.zeros if zero else xp.empty
+    if not channel_major:
+        return make(shape, dtype)
+    return make((shape[1], shape[0]) + tuple(shape[2:]), dtype).swapaxes(0, 1)
+
+
+def _running_max(xp, taps, out, winner):
+    """out = max over ``taps``; ``winner`` (if given) = index of the first tap holding it.
+    Each tap is first copied to a contiguous scratch buffer: numpy copies strided views
+    quickly, but its comparisons and maxima on them run several times slower."""
+    out[...] = taps[0]
+    if len(taps) == 1:
+        return
+    tap = xp.empty_like(out)
+    for k, view in enumerate(taps[1:], start=1):
+        tap[...] = view
+        if winner is not None:
+            if k == 1:
+                xp.greater(tap, out, out=winner.view(bool))  # 0 or 1: ties stay with tap 0
             else:
-                hit &= unclaimed
-                unclaimed &= ~hit
-            if self.tiles:
-                xp.multiply(g, hit, out=gx[w])
-            else:
-                gx[w] += g * hit
+                xp.copyto(winner, k, where=tap > out)  # only a strictly larger value takes over
+        xp.maximum(out, tap, out=out)
+
+
+def _route(xp, g, winner, targets, tiles):
+    """Send ``g`` to the tap that won: ``targets[k] (+)= g * (winner == k)``; ``tiles``
+    means the targets do not overlap, so each can be written instead of accumulated."""
+    if winner is None:  # a single tap takes everything
+        if tiles:
+            targets[0][...] = g
+        else:
+            targets[0] += g
+        return
+    mask = xp.empty_like(g)
+    for k, target in enumerate(targets):
+        xp.equal(winner, k, out=mask)
+        if tiles:
+            xp.multiply(g, mask, out=target)
+        else:
+            mask *= g
+            target += mask
