@@ -210,6 +210,8 @@ DTYPE_CASES = {
     "im2col": (lambda a: F.im2col(a, (2, 3), 1, 1), [_vals((1, 2, 3, 4))]),
     "col2im": (lambda a: F.col2im(a, (1, 2, 3, 3), 2, 1, 0), [_vals((8, 4))]),
     "max_pool2d": (lambda a: F.max_pool2d(a, 2, 1, 1), [_distinct((1, 2, 3, 3))]),
+    "batch_norm": (lambda x, w, b: F.batch_norm(x, np.zeros(2), np.ones(2), w, b, training=True),
+                   [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
 }
 
 
@@ -240,8 +242,8 @@ COMPOSITES = {
     "softmax": (lambda z: F.softmax(z), [_vals((2, 3))]),
     "mean": (lambda z: z.mean(axis=1), [_vals((2, 3))]),
     "mse_loss": (lambda z: F.mse_loss(z, np.zeros(z.shape, z.dtype)), [_vals((2, 3))]),
-    "batch_norm": (lambda x, w, b: F.batch_norm(x, np.zeros(2), np.ones(2), w, b, training=True),
-                   [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
+    "batch_norm_eval": (lambda x, w, b: F.batch_norm(x, np.zeros(2), np.ones(2), w, b, training=False),
+                        [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
     "sqrt_rpow": (lambda z: z.sqrt() + 2.0 ** z, [_vals((3,), 0.5, 2.0)]),
 }
 

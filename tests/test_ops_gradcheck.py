@@ -461,8 +461,9 @@ def test_softmax_gradcheck(x_axis):
 def batch_norm_case(draw):
     shape = draw(st.one_of(
         st.tuples(st.integers(2, 5), st.integers(1, 3)),
+        st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(2, 4)),
         st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)),
-    ))
+    ).filter(lambda s: np.prod(s) // s[1] >= 2))
     x = draw(S.arrays(shape))
     c = shape[1]
     affine = draw(st.booleans())
@@ -471,17 +472,67 @@ def batch_norm_case(draw):
     return x, w, b
 
 
+@case("batch_norm")
 @given(batch_norm_case())
-def test_batch_norm_training_gradcheck(case_):
+def _batch_norm(case_):
     x, w, b = case_
     c = x.shape[1]
     running_mean, running_var = np.zeros(c), np.ones(c)  # updated in place; not checked inputs
     if w is None:
         fn = lambda x_: F.batch_norm(x_, running_mean, running_var, training=True)  # noqa: E731
-        check("pow", fn, x)
+        check("batch_norm", fn, x)
     else:
         fn = lambda x_, w_, b_: F.batch_norm(x_, running_mean, running_var, w_, b_, training=True)  # noqa: E731
-        check("pow", fn, (x, w, b))
+        check("batch_norm", fn, (x, w, b))
+
+
+def batch_norm_from_primitives(x, running_mean, running_var, weight, bias, momentum=0.1, eps=1e-5):
+    """Training-mode batch norm composed from primitives: the reference for the fused op."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    mean = x.mean(axis=axes, keepdims=True)
+    centered = x - mean
+    var = (centered * centered).mean(axis=axes, keepdims=True)
+    count = x.numel() // x.shape[1]
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean.data.reshape(-1)
+    running_var *= 1 - momentum
+    running_var += momentum * var.data.reshape(-1) * (count / (count - 1))
+    return centered * ((var + eps) ** -0.5 * weight.reshape(*shape)) + bias.reshape(*shape)
+
+
+@given(batch_norm_case().filter(lambda case_: case_[1] is not None), st.sampled_from([(0, 1, 2, 3), (1, 0, 2, 3)]))
+def test_batch_norm_matches_the_composite(case_, layout):
+    """Same values, gradients and running statistics as the function composed from primitives,
+    on NCHW input and on channel-major input (the layout a convolution's output has)."""
+    x, w, b = case_
+    if x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(layout)).transpose(layout)
+    g = np.random.default_rng(0).standard_normal(x.shape)
+    results = []
+    for fn in (lambda *a: F.batch_norm(*a, training=True), batch_norm_from_primitives):
+        stats = [np.full(x.shape[1], 0.5), np.full(x.shape[1], 2.0)]
+        leaves = [Tensor(v, requires_grad=True) for v in (x, w, b)]
+        out = fn(leaves[0], *stats, leaves[1], leaves[2])
+        out.backward(g)
+        results.append([out.numpy(), *stats, *(t.grad for t in leaves)])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_batch_norm_fused_op_saves_only_the_normalised_input():
+    x = Tensor(np.random.default_rng(0).standard_normal((4, 3, 5, 5)), requires_grad=True)
+    out = F.batch_norm(x, None, None, training=True)
+    assert out._ctx.name == "batch_norm"
+    assert [a.shape for a in out._ctx.saved] == [(4, 3, 5, 5), (3,), (3,)]
+
+
+@given(batch_norm_case().filter(lambda case_: case_[1] is not None))
+def test_batch_norm_eval_gradcheck(case_):
+    x, w, b = case_
+    c = x.shape[1]
+    rm, rv = np.linspace(-1, 1, c), np.linspace(0.5, 2, c)
+    check("mul", lambda x_, w_, b_: F.batch_norm(x_, rm, rv, w_, b_, training=False), (x, w, b))
 
 
 @given(array_and_axis(), st.booleans())

@@ -15,7 +15,7 @@ import pytest
 
 import tinygrad_cnn.functional as F
 from models import FastCNN, FCBaseline, SeedCNN
-from tinygrad_cnn import Tensor
+from tinygrad_cnn import Tensor, nn
 from tinygrad_cnn.viz import DotNotFound, draw_graph, main, retain_grads
 
 HAVE_DOT = shutil.which("dot") is not None
@@ -469,3 +469,11 @@ def test_cli_subprocess_missing_dot(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "apt-get install -y graphviz" in r.stderr
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
+
+
+def test_batch_norm_label_shows_eps_and_momentum_not_the_running_arrays():
+    bn = nn.BatchNorm2d(3)
+    text = label_text(draw_graph(bn(Tensor(np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32))),
+                                 params=bn).source)
+    assert "batch_norm" in text and "eps=1e-05 momentum=0.1" in text
+    assert "running" not in text

@@ -196,30 +196,21 @@ def dropout(x, p=0.5, training=True, rng=None):
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=True, momentum=0.1, eps=1e-5):
     """Batch normalisation over all axes but the channel axis 1 (PyTorch's semantics).
 
-    In training it normalises with the batch statistics and updates ``running_mean`` and
-    ``running_var`` (ndarrays, in place; the unbiased variance, as PyTorch); in evaluation it
-    uses them. The gradient comes from the graph (mean, sub, mul, pow, ...)."""
-    axes = (0,) + tuple(range(2, x.ndim))
-    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    In training it normalises with the batch statistics (the ``batch_norm`` primitive) and
+    updates ``running_mean`` and ``running_var`` (ndarrays, in place; the unbiased variance,
+    as PyTorch); in evaluation it is the affine map those statistics define, composed from
+    primitives."""
+    _tensor(x, "batch_norm", "input")
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: expects (N, C, ...) input; got shape {x.shape}")
+    c = x.shape[1]
     xp = array_module(x.data)
+    weight = weight if weight is not None else Tensor(xp.ones(c, dtype=x.dtype))
+    bias = bias if bias is not None else Tensor(xp.zeros(c, dtype=x.dtype))
     if training:
-        mean = x.mean(axis=axes, keepdims=True)
-        centered = x - mean
-        var = (centered * centered).mean(axis=axes, keepdims=True)
-        if running_mean is not None:
-            count = x.numel() // x.shape[1]
-            unbiased = var.data.reshape(-1) * (count / max(count - 1, 1))
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean.data.reshape(-1)
-            running_var *= 1 - momentum
-            running_var += momentum * unbiased
-        scale = (var + eps) ** -0.5   # per channel: fold the affine weight in before touching x again
-    else:
-        centered = x - Tensor(running_mean.reshape(shape).astype(x.dtype, copy=False))
-        scale = Tensor((1.0 / xp.sqrt(running_var.reshape(shape) + eps)).astype(x.dtype, copy=False))
-    if weight is not None:
-        scale = scale * weight.reshape(*shape)
-    out = centered * scale
-    if bias is not None:
-        out = out + bias.reshape(*shape)
-    return out
+        return ops.BatchNorm.apply(x, weight, bias, running_mean=running_mean, running_var=running_var,
+                                   momentum=momentum, eps=eps)
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    centered = x - Tensor(running_mean.reshape(shape).astype(x.dtype, copy=False))
+    scale = Tensor((1.0 / xp.sqrt(running_var.reshape(shape) + eps)).astype(x.dtype, copy=False))
+    return centered * (scale * weight.reshape(*shape)) + bias.reshape(*shape)

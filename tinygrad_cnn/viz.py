@@ -138,6 +138,8 @@ def op_args(op) -> str:
             return f"^{_value(p.get('exponent'))}"
         if name == "cast":
             return f"to {np.dtype(p.get('dtype')).name}"
+        if name == "batch_norm":
+            return f"eps={_value(p.get('eps'))} momentum={_value(p.get('momentum'))}"
         if name == "pad":
             value = f" value={_value(p['value'])}" if p.get("value") else ""
             return _clip(f"pad={_value(p.get('pad_width'))}{value}")

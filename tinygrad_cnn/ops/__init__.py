@@ -29,8 +29,9 @@ from .reduce import Sum, Max, LogSoftmax  # noqa: E402
 from .shape import Reshape, Transpose, GetItem, Pad  # noqa: E402
 from .linalg import Matmul  # noqa: E402
 from .conv import Im2col, Col2im, MaxPool2d  # noqa: E402
+from .norm import BatchNorm  # noqa: E402
 
 __all__ = ["Op", "REGISTRY", "register", "registry",
            "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Maximum", "Relu", "Sigmoid", "Tanh",
            "Cast", "Sum", "Max", "LogSoftmax", "Reshape", "Transpose", "GetItem", "Pad", "Matmul",
-           "Im2col", "Col2im", "MaxPool2d"]
+           "Im2col", "Col2im", "MaxPool2d", "BatchNorm"]
