@@ -185,11 +185,11 @@ def saved_bytes(loss):
 
 
 CATEGORIES = {"im2col": ("im2col", "forward"), "col2im": ("im2col", "backward"), "matmul": ("matmul", None),
-              "max_pool2d": ("max_pool2d", None)}
+              "max_pool2d": ("max_pool2d", None), "batch_norm": ("batch_norm", None)}
 
 
 def split(prof):
-    """Per-category seconds of one profile: im2col, col2im, matmul, max_pool2d, elementwise."""
+    """Per-category seconds of one profile: im2col, col2im, matmul, max_pool2d, batch_norm, elementwise."""
     out = {k: 0.0 for k in CATEGORIES}
     out["elementwise/other ops"] = 0.0
     for name, _calls, f, b, _t in prof.rows():

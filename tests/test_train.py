@@ -43,8 +43,11 @@ needs_cifar = pytest.mark.skipif(ARCHIVE is None, reason="CIFAR-10 binary archiv
 
 
 def _args(out, *extra, epochs=2):
+    """A small seed_cnn run; each batch of 32 is split into micro-batches of 8 on two threads
+    (as the default recipe does with 64 of 128), so the runs below check that path too."""
     return ["--model", "seed_cnn", "--data", str(ARCHIVE), "--limit-train", "512", "--limit-test", "500",
-            "--epochs", str(epochs), "--batch-size", "32", "--no-progress", "--out", str(out), *extra]
+            "--epochs", str(epochs), "--batch-size", "32", "--micro-batch", "8", "--no-progress",
+            "--out", str(out), *extra]
 
 
 def _metrics(out):
@@ -290,6 +293,31 @@ def test_default_recipes_and_flags():
     assert fast.optimizer == "sgd" and fast.nesterov and fast.augment is False and fast.lr == 0.1
     assert fast.out == "x" and not fast.progress
     assert tr.build_model(_config("--model", "fc"), (1, 28, 28)).sizes == (784, 256, 64, 10)
+
+
+def test_micro_batching_defaults_and_its_refusal_for_batchnorm_models(tmp_path):
+    seed = _config("--model", "seed_cnn")
+    assert (seed.micro_batch, seed.micro_threads) == (64, 2)  # same gradient as one pass, faster
+    assert _config("--model", "seed_cnn", "--micro-batch", "0").micro_batch == 0
+    assert _config("--model", "fast_cnn").micro_batch == 0
+    fast = _config("--model", "fast_cnn", "--micro-batch", "32")
+    with pytest.raises(SystemExit, match="fast_cnn has BatchNorm layers"):
+        tr.check_micro_batching(fast, tr.build_model(fast, (3, 32, 32)))
+    bad = _config("--model", "seed_cnn", "--micro-threads", "0")
+    with pytest.raises(SystemExit, match="--micro-threads >= 1"):
+        tr.check_micro_batching(bad, tr.build_model(bad, (3, 32, 32)))
+
+
+@needs_cifar
+def test_micro_batched_run_matches_one_pass_per_batch(reference_run, tmp_path):
+    """The default seed_cnn run sums micro-batch gradients on two threads; one pass per
+    batch gives the same training up to float32 rounding."""
+    out = tmp_path / "one_pass"
+    assert tr.main(_args(out, "--micro-batch", "0")) == 0
+    ref, got = _metrics(reference_run), _metrics(out)
+    assert len(ref) == len(got) == 2
+    for a, b in zip(ref, got):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 and abs(a["test_acc"] - b["test_acc"]) < 0.02
 
 
 # ------------------------------------------------------------------------ Fashion-MNIST

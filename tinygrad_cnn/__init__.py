@@ -4,13 +4,13 @@
     from tinygrad_cnn import Tensor, no_grad, gradcheck
     import tinygrad_cnn.functional as F
 """
-from .tensor import Tensor, no_grad, enable_grad, is_grad_enabled, zeros, ones, randn
+from .tensor import Tensor, grad, no_grad, enable_grad, is_grad_enabled, zeros, ones, randn
 from .gradcheck import gradcheck, GradcheckError
-from . import ops, functional, nn, optim
+from . import ops, functional, nn, optim, parallel
 from .profiler import profile
 from .rng import manual_seed
 
 __version__ = "0.1.0"
 
-__all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "zeros", "ones", "randn",
-           "gradcheck", "GradcheckError", "ops", "functional", "nn", "optim", "profile", "manual_seed"]
+__all__ = ["Tensor", "grad", "no_grad", "enable_grad", "is_grad_enabled", "zeros", "ones", "randn",
+           "gradcheck", "GradcheckError", "ops", "functional", "nn", "optim", "parallel", "profile", "manual_seed"]

@@ -5,6 +5,9 @@ same forward/VJP code runs on numpy arrays today and on CuPy arrays (a GPU) tomo
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -53,6 +56,7 @@ def reuse_freed_memory(limit_bytes: int = 1 << 30) -> bool:
 
 _pool = None
 _MIN_PARALLEL = 1 << 20  # elements; below this a thread hand-off costs more than it saves
+_serial = threading.local()  # .on: this thread's ops must not fan out (see run_serially)
 
 
 def num_threads() -> int:
@@ -69,7 +73,7 @@ def parallel_ranges(n: int, fn, work: int) -> None:
     of im2col/col2im use every core, as BLAS does for the GEMMs. Each part writes its own slice."""
     global _pool
     threads = min(num_threads(), n)
-    if threads < 2 or work < _MIN_PARALLEL:
+    if threads < 2 or work < _MIN_PARALLEL or getattr(_serial, "on", False):
         fn(0, n)
         return
     if _pool is None:
@@ -80,3 +84,75 @@ def parallel_ranges(n: int, fn, work: int) -> None:
     futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
     for f in futures:
         f.result()  # re-raises a worker's exception here
+
+
+@contextmanager
+def run_serially():
+    """Inside the block, ops called from this thread do their work on this thread alone (for
+    callers that already keep every core busy with threads of their own)."""
+    prev = getattr(_serial, "on", False)
+    _serial.on = True
+    try:
+        yield
+    finally:
+        _serial.on = prev
+
+
+# ------------------------------------------------------------------ BLAS thread count
+
+_openblas = None  # (set, get) of numpy's OpenBLAS thread count, or False where not found
+
+
+def _find_openblas():
+    """``openblas_set_num_threads``/``openblas_get_num_threads`` of the OpenBLAS numpy uses:
+    the copy bundled in numpy's wheel (``numpy.libs``, symbols prefixed ``scipy_``), else
+    one already loaded in this process."""
+    import ctypes
+    import glob
+    import os
+
+    paths = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
+    try:
+        with open("/proc/self/maps") as maps:
+            paths += sorted({line.split()[-1] for line in maps if "openblas" in line.split()[-1].lower()})
+    except OSError:
+        pass
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_", ""):
+            for suffix in ("64_", "_64_", ""):
+                try:
+                    set_n = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}")
+                    get_n = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}")
+                except AttributeError:
+                    continue
+                set_n.argtypes, set_n.restype, get_n.restype = [ctypes.c_int], None, ctypes.c_int
+                return set_n, get_n
+    return False
+
+
+def can_set_blas_threads() -> bool:
+    """Whether ``blas_threads`` can change numpy's BLAS thread count here (OpenBLAS found)."""
+    global _openblas
+    if _openblas is None:
+        _openblas = _find_openblas()
+    return bool(_openblas)
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Run the block with numpy's OpenBLAS using ``n`` threads (process-wide), restoring the
+    previous count afterwards; yields False, changing nothing, where that is not possible."""
+    if not can_set_blas_threads():
+        yield False
+        return
+    set_n, get_n = _openblas
+    prev = get_n()
+    set_n(int(n))
+    try:
+        yield True
+    finally:
+        set_n(prev)

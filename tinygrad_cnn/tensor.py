@@ -325,49 +325,8 @@ class Tensor:
         ``grad`` is the upstream gradient (required unless self has one element). The saved
         arrays of the graph are freed afterwards unless ``retain_graph=True``.
         """
-        if not self.requires_grad:
-            raise RuntimeError("backward: this tensor does not require grad and has no graph "
-                               "(did you create it under no_grad(), or forget requires_grad=True?)")
-        xp = array_module(self.data)
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward: grad can be implied only for a one-element output; this "
-                                   f"output has shape {self.shape}, so pass grad= of that shape")
-            grad = xp.ones_like(self.data)
-        else:
-            grad = grad.data if isinstance(grad, Tensor) else grad
-            grad = xp.asarray(grad, dtype=self.dtype)
-            if grad.shape != self.shape:
-                raise ValueError(f"backward: grad has shape {grad.shape}, expected the output's shape {self.shape}")
-        grads = {id(self): grad}
-        for t in reversed(_topological_order(self)):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            op = t._ctx
-            if op is None or t._retains_grad:
-                _accumulate(t, g)
-            if op is None:
-                continue
-            if op.freed:
-                raise RuntimeError(
-                    f"backward: the graph through '{op.name}' was already freed by an earlier backward(); "
-                    f"pass retain_graph=True to the first backward() to go through it twice")
-            t0 = None if _profiler is None else time.perf_counter()
-            in_grads = op.backward(g)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
-            for i, (parent, need, pg) in enumerate(zip(op.parents, op.needs_input_grad, in_grads)):
-                if not need or pg is None:
-                    continue
-                pg = _fit_grad(op, i, parent, pg)
-                key = id(parent)
-                prev = grads.get(key)
-                grads[key] = pg if prev is None else prev + pg
-            if t0 is not None:  # the VJP plus summing its gradients to shape and into place
-                _profiler.record(op.name, "backward", time.perf_counter() - t0)
-            if not retain_graph:
-                op.release()
+        _backpropagate(self, grad, retain_graph, "backward", _accumulate,
+                       lambda t: t._ctx is None or t._retains_grad)
 
     # --- operators: defined once below, from the primitives in ops/ ---------------------
     def _lift(self, other):
@@ -567,6 +526,77 @@ def _topological_order(root):
                 if p.requires_grad and id(p) not in visited:
                     stack.append((p, False))
     return order
+
+
+def _backpropagate(root, grad, retain_graph, caller, deliver, wants):
+    """The reverse sweep: push ``grad`` from ``root`` through the graph in reverse topological
+    order, calling ``deliver(tensor, total_gradient)`` for every tensor with ``wants(tensor)``.
+    Frees the saved arrays unless ``retain_graph``."""
+    if not root.requires_grad:
+        raise RuntimeError(f"{caller}: this tensor does not require grad and has no graph "
+                           "(did you create it under no_grad(), or forget requires_grad=True?)")
+    xp = array_module(root.data)
+    if grad is None:
+        if root.data.size != 1:
+            raise RuntimeError(f"{caller}: grad can be implied only for a one-element output; this "
+                               f"output has shape {root.shape}, so pass grad= of that shape")
+        grad = xp.ones_like(root.data)
+    else:
+        grad = grad.data if isinstance(grad, Tensor) else grad
+        grad = xp.asarray(grad, dtype=root.dtype)
+        if grad.shape != root.shape:
+            raise ValueError(f"{caller}: grad has shape {grad.shape}, expected the output's shape {root.shape}")
+    grads = {id(root): grad}
+    for t in reversed(_topological_order(root)):
+        g = grads.pop(id(t), None)
+        if g is None:
+            continue
+        op = t._ctx
+        if wants(t):
+            deliver(t, g)
+        if op is None:
+            continue
+        if op.freed:
+            raise RuntimeError(
+                f"{caller}: the graph through '{op.name}' was already freed by an earlier backward(); "
+                f"pass retain_graph=True to the first backward() to go through it twice")
+        t0 = None if _profiler is None else time.perf_counter()
+        in_grads = op.backward(g)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        for i, (parent, need, pg) in enumerate(zip(op.parents, op.needs_input_grad, in_grads)):
+            if not need or pg is None:
+                continue
+            pg = _fit_grad(op, i, parent, pg)
+            key = id(parent)
+            prev = grads.get(key)
+            grads[key] = pg if prev is None else prev + pg
+        if t0 is not None:  # the VJP plus summing its gradients to shape and into place
+            _profiler.record(op.name, "backward", time.perf_counter() - t0)
+        if not retain_graph:
+            op.release()
+
+
+def grad(output, inputs, grad_output=None, retain_graph=False):
+    """The gradients of ``output`` with respect to each of ``inputs`` (like
+    ``torch.autograd.grad``), returned as arrays in the order given, ``None`` for an input
+    the output does not depend on. Nothing is written to any ``.grad``, so several threads
+    can differentiate graphs that share parameters at the same time.
+
+    ``inputs`` may be leaves or intermediate tensors of the graph; ``grad_output`` is the
+    upstream gradient (implied for a one-element output)."""
+    inputs = list(inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad: inputs must be Tensors; input {i} is a {type(t).__name__}")
+    if not isinstance(output, Tensor):
+        raise TypeError(f"grad: output must be a Tensor; got {type(output).__name__}")
+    wanted, found = {id(t) for t in inputs}, {}
+    _backpropagate(output, grad_output, retain_graph, "grad", lambda t, g: found.__setitem__(id(t), g),
+                   lambda t: id(t) in wanted)
+    # copies: a VJP may hand one array to several inputs, and an input may be listed twice
+    return [None if id(t) not in found else array_module(found[id(t)]).array(found[id(t)], order="C", copy=True)
+            for t in inputs]
 
 
 def _fit_grad(op, i, parent, grad):

@@ -38,7 +38,7 @@ METRICS = "metrics.jsonl"
 # Per-model defaults (a flag on the command line overrides each one).
 DEFAULTS = {
     "seed_cnn": dict(optimizer="adam", lr=3e-3, schedule="onecycle", batch_size=128, weight_decay=0.0,
-                     augment=True, label_smoothing=0.0, epochs=10),
+                     augment=True, label_smoothing=0.0, epochs=10, micro_batch=64, micro_threads=2),
     "fast_cnn": dict(optimizer="sgd", lr=0.2, schedule="onecycle", batch_size=128, weight_decay=5e-4,
                      momentum=0.9, nesterov=True, augment=True, label_smoothing=0.1, epochs=10),
     "fc": dict(optimizer="adam", lr=1e-3, schedule="onecycle", batch_size=128, weight_decay=0.0,
@@ -47,7 +47,8 @@ DEFAULTS = {
 # The seed project's recipe, for a like-for-like baseline: batch 1000, plain gradient descent
 # at lr 1e-3, its initialisation, pixels scaled to [0, 1], no augmentation, no normalisation.
 SEED_RECIPE = dict(optimizer="sgd", lr=1e-3, schedule="const", batch_size=1000, weight_decay=0.0, momentum=0.0,
-                   nesterov=False, augment=False, normalize=False, label_smoothing=0.0)
+                   nesterov=False, augment=False, normalize=False, label_smoothing=0.0, micro_batch=125,
+                   micro_threads=2)
 
 
 @dataclass
@@ -73,6 +74,8 @@ class Config:
     limit_train: int | None = None
     limit_test: int | None = None
     budget: float | None = None
+    micro_batch: int = 0      # > 0: each batch's gradient is summed over micro-batches of this size
+    micro_threads: int = 1    # micro-batches run at once (see tinygrad_cnn.parallel)
     eval_batch_size: int = 1000
     progress: bool = True
 
@@ -102,6 +105,9 @@ def build_parser():
     p.add_argument("--limit-test", type=int, help="evaluate on the first N test images only")
     p.add_argument("--budget", type=float, help="wall-clock budget in seconds (training + evaluation)")
     p.add_argument("--eval-batch-size", type=int, default=1000)
+    p.add_argument("--micro-batch", type=int, help="compute each batch's gradient over micro-batches of this "
+                   "size (same gradient, faster; 0: one pass per batch; not for BatchNorm models)")
+    p.add_argument("--micro-threads", type=int, help="micro-batches run at once, one per core")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -163,6 +169,25 @@ def build_model(cfg: Config, image_shape):
     return model
 
 
+def uses_batch_statistics(model) -> bool:
+    """True when a layer mixes the examples of a batch (BatchNorm in training mode)."""
+    return any(isinstance(m, tc.nn.BatchNorm2d) for m in model.modules())
+
+
+def check_micro_batching(cfg: Config, model):
+    if cfg.micro_batch < 0 or cfg.micro_threads < 1:
+        raise SystemExit(f"error: --micro-batch must be >= 0 and --micro-threads >= 1; got {cfg.micro_batch} "
+                         f"and {cfg.micro_threads}")
+    if cfg.micro_batch and uses_batch_statistics(model):
+        raise SystemExit(f"error: --micro-batch {cfg.micro_batch}: {cfg.model} has BatchNorm layers, whose "
+                         f"statistics would then come from each micro-batch; use --micro-batch 0")
+
+
+def _loss_and_logits(model, x, y, label_smoothing):
+    logits = model(tc.Tensor(x))
+    return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits.data
+
+
 def build_optimizer(cfg: Config, model):
     params = list(model.parameters())
     if cfg.weight_decay:
@@ -220,7 +245,9 @@ def run(cfg: Config, log=print, command=None):
     rng.manual_seed(cfg.seed)
     train_loader, test_loader = load_data(cfg)
     model = build_model(cfg, train_loader.dataset.images.shape[1:])
+    check_micro_batching(cfg, model)
     optimizer = build_optimizer(cfg, model)
+    params = list(model.parameters())
     schedule = build_schedule(cfg, optimizer, len(train_loader))
     history, start_epoch, elapsed = [], 0, 0.0
 
@@ -254,15 +281,20 @@ def run(cfg: Config, log=print, command=None):
         for x, y in train_loader:
             if cfg.budget is not None and schedule is not None:
                 schedule.set_progress(min((time.perf_counter() - started) / (cfg.budget - eval_reserve), 1.0))
-            logits = model(tc.Tensor(x))
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad()
-            loss.backward()
+            if cfg.micro_batch:
+                loss, logits = tc.parallel.accumulate_gradients(
+                    lambda xb, yb: _loss_and_logits(model, xb, yb, cfg.label_smoothing), (x, y), params,
+                    cfg.micro_batch, cfg.micro_threads)
+            else:
+                loss, logits = _loss_and_logits(model, x, y, cfg.label_smoothing)
+                loss.backward()
+                loss = loss.item()
             optimizer.step()
             if cfg.budget is None and schedule is not None:
                 schedule.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.data.argmax(axis=1) == y).sum())
+            loss_sum += loss * len(y)
+            correct += int((logits.argmax(axis=1) == y).sum())
             seen += len(y)
             if bar is not None:
                 bar.update(1)

