@@ -1,0 +1,33 @@
+"""The benchmark harness runs end to end on a tiny batch (timings are never asserted)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import step
+
+
+@pytest.mark.parametrize("model,micro", [("seed_cnn", "4"), ("fast_cnn", "0")])
+def test_step_benchmark_runs_and_writes_json(tmp_path, capsys, model, micro):
+    out = tmp_path / "bench.json"
+    assert step.main(["--model", model, "--batch", "8", "--steps", "2", "--rounds", "1",
+                      "--micro-batch", micro, "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["model"] == model and r["batch"] == 8 and r["steps"] == 2
+    assert r["ours_ms"][0] > 0 and r["gemm_bound_ms"] > 0 and r["graph_saved_mb"] > 0
+    assert set(r["split_ms"]) >= {"matmul", "im2col", "col2im", "max_pool2d", "batch_norm", "optimizer",
+                                  "graph bookkeeping", "elementwise/other ops"}
+    assert ("micro" in r) == (micro != "0")
+    if micro != "0":
+        assert r["micro"]["micro_batch"] == 4 and r["micro"]["ours_ms"][0] > 0
+    text = capsys.readouterr().out
+    assert "ours   training step" in text and "GEMM-only bound" in text
+
+
+def test_the_training_script_and_the_benchmark_agree_on_micro_batches():
+    from train.cifar10 import DEFAULTS, SEED_RECIPE
+
+    assert step.training_micro_batch("seed_cnn", DEFAULTS["seed_cnn"]["batch_size"]) == DEFAULTS["seed_cnn"]["micro_batch"]
+    assert step.training_micro_batch("seed_cnn", SEED_RECIPE["batch_size"]) == SEED_RECIPE["micro_batch"]
+    assert step.training_micro_batch("fast_cnn", 128) == DEFAULTS["fast_cnn"].get("micro_batch", 0) == 0
