@@ -278,6 +278,7 @@ def bench(name, batch, dtype, steps, threads, rounds, micro_batch, micro_threads
               "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "steps": len(ours)}
     if micro:
         result["micro"] = {"micro_batch": micro_batch, "threads": micro_threads,
+                           "as_training": micro_batch == training_micro_batch(name, batch),
                            "ours_ms": [1e3 * v for v in median_range(micro)]}
     if theirs:
         t = median_range(theirs)
@@ -295,7 +296,7 @@ def report(r):
     m = r.get("micro")
     if m:
         lines.append(f"  ours   training step   {lo(m['ours_ms'])}  (micro-batches of {m['micro_batch']} on "
-                     f"{m['threads']} threads, as the training script)")
+                     f"{m['threads']} threads{', as the training script' if m['as_training'] else ''})")
     if "torch_ms" in r:
         lines.append(f"  torch  training step   {lo(r['torch_ms'])}")
         lines.append(f"  ratio ours/torch      {r['ratio']:.2f}" +
@@ -307,6 +308,8 @@ def report(r):
     total = r["profiled_step_ms"]
     lines.append(f"  split of one profiled step ({total:.1f} ms):")
     for k, v in sorted(r["split_ms"].items(), key=lambda kv: -kv[1]):
+        if k == "batch_norm" and not v:
+            continue  # a model without BatchNorm
         lines.append(f"    {k:<22}{v:>8.1f} ms {100 * v / total:>5.1f}%")
     return "\n".join(lines)
 
