@@ -7,12 +7,15 @@
 or set ``TINYGRAD_CNN_PROFILE=1`` to profile a whole process and print the table at exit.
 Each op's forward and VJP are timed where the engine calls them; ``wall`` is the time of the
 ``with`` block, so ``wall - ops`` is everything else: graph bookkeeping, the optimizer and
-the caller's own Python. Off, it costs one attribute check per op.
+the caller's own Python. Off, it costs one attribute check per op. Ops running on several
+threads at once (``tinygrad_cnn.parallel``) are all recorded, so their times add up to more
+than the wall time.
 """
 from __future__ import annotations
 
 import atexit
 import os
+import threading
 import time
 from collections import defaultdict
 
@@ -24,13 +27,15 @@ class Profile:
         self.calls = defaultdict(int)
         self.wall = 0.0
         self._t0 = None
+        self._lock = threading.Lock()
 
     def record(self, name, phase, seconds):
-        if phase == "forward":
-            self.forward[name] += seconds
-            self.calls[name] += 1
-        else:
-            self.backward[name] += seconds
+        with self._lock:  # ops may run on several threads
+            if phase == "forward":
+                self.forward[name] += seconds
+                self.calls[name] += 1
+            else:
+                self.backward[name] += seconds
 
     def ops_time(self):
         return sum(self.forward.values()) + sum(self.backward.values())

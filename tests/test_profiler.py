@@ -1,0 +1,58 @@
+"""The built-in profiler users turn on with ``tc.profile()`` or ``TINYGRAD_CNN_PROFILE=1``."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import tinygrad_cnn as tc
+import tinygrad_cnn.functional as F
+from tinygrad_cnn import Tensor, tensor
+from models import SeedCNN
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _step(model, n=4):
+    rng = np.random.default_rng(0)
+    loss = F.cross_entropy(model(Tensor(rng.standard_normal((n, 3, 8, 8)).astype(np.float32))),
+                           rng.integers(0, 10, n))
+    loss.backward()
+
+
+def test_profile_times_each_primitive_forward_and_backward():
+    model = SeedCNN(image_size=8)
+    with tc.profile() as prof:
+        _step(model)
+    rows = {name: (calls, f, b) for name, calls, f, b, _ in prof.rows()}
+    assert rows["im2col"][0] == 2 and rows["max_pool2d"][0] == 2 and rows["matmul"][0] == 4
+    assert all(f > 0 for _, f, _ in rows.values())
+    assert rows["matmul"][2] > 0 and rows["max_pool2d"][2] > 0  # VJPs timed too
+    assert 0 < prof.ops_time() <= prof.wall
+    table = prof.table()
+    assert table.splitlines()[0].split() == ["op", "calls", "forward", "ms", "backward", "ms", "total", "ms", "share"]
+    assert "(not in ops)" in table and "wall" in table
+    assert tensor._profiler is None  # off again after the block: ops pay one check
+
+
+def test_profile_counts_ops_of_micro_batches_on_threads():
+    model = SeedCNN(image_size=8)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 3, 8, 8)).astype(np.float32), rng.integers(0, 10, 8)
+    with tc.profile() as prof:
+        tc.parallel.accumulate_gradients(lambda xb, yb: F.cross_entropy(model(Tensor(xb)), yb), (x, y),
+                                         model.parameters(), 2, threads=2)
+    calls = {name: c for name, c, *_ in prof.rows()}
+    assert calls["im2col"] == 2 * 4 and calls["matmul"] == 4 * 4  # every micro-batch's ops, none lost
+
+
+def test_profile_env_var_prints_a_table_at_exit():
+    code = ("import numpy as np, tinygrad_cnn as tc\n"
+            "x = tc.Tensor(np.ones((2, 3)), requires_grad=True)\n"
+            "(x * x).sum().backward()\n")
+    env = dict(os.environ, TINYGRAD_CNN_PROFILE="1", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "tinygrad_cnn profile (TINYGRAD_CNN_PROFILE=1)" in out
+    assert "mul" in out and "sum" in out and "wall" in out
