@@ -35,7 +35,10 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1):
     cut into micro-batches of ``micro_batch`` rows; ``fn(*micro_arrays)`` returns that
     micro-batch's mean loss as a one-element Tensor, or a pair ``(loss, array)`` whose
     arrays (e.g. the logits) are joined in batch order and returned too. Each micro-batch's
-    gradient is weighted by its share of the batch. ``threads`` micro-batches run at once.
+    gradient is weighted by its share of the batch. ``threads`` micro-batches run at once
+    (where numpy's BLAS is OpenBLAS, whose thread count can be set for the duration; with any
+    other BLAS they run one after another, since two threads each running multi-threaded
+    BLAS would fight over the cores).
 
     Returns the batch's mean loss (a float), or ``(loss, joined_arrays)``.
     """
