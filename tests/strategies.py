@@ -115,3 +115,13 @@ def tie_arrays(shape, levels=3, dtype=F64):
 def exponents():
     """Python-number exponents for pow: negative, fractional, integer, zero."""
     return st.sampled_from([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+
+
+@st.composite
+def cross_entropy_cases(draw, max_n, max_c, bound, smoothings):
+    """(logits (n, c) in [-bound, bound], integer targets, reduction, label_smoothing)."""
+    n, c = draw(st.integers(1, max_n)), draw(st.integers(1, max_c))
+    logits = draw(arrays((n, c), -bound, bound))
+    targets = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, c - 1)))
+    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
+    return logits, targets, reduction, draw(st.sampled_from(smoothings))

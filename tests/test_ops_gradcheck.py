@@ -434,17 +434,7 @@ def test_linear_gradcheck(case_):
         check("matmul", lambda x_, w_, b_: F.linear(x_, w_, b_), (x, w, b))
 
 
-@st.composite
-def cross_entropy_case(draw):
-    n, c = draw(st.integers(1, 4)), draw(st.integers(1, 5))
-    logits = draw(S.arrays((n, c), -4.0, 4.0))
-    targets = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, c - 1)))
-    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
-    smoothing = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
-    return logits, targets, reduction, smoothing
-
-
-@given(cross_entropy_case())
+@given(S.cross_entropy_cases(4, 5, 4.0, [0.0, 0.1, 0.5, 1.0]))
 def test_cross_entropy_gradcheck(case_):
     logits, targets, reduction, smoothing = case_
     fn = lambda z: F.cross_entropy(z, targets, reduction=reduction, label_smoothing=smoothing)  # noqa: E731

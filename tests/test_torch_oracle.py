@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -137,17 +136,7 @@ def test_log_softmax(x_axis):
     _close(xt.grad, xr.grad)
 
 
-@st.composite
-def cross_entropy_case(draw):
-    n, c = draw(st.integers(1, 6)), draw(st.integers(1, 6))
-    logits = draw(S.arrays((n, c), -10.0, 10.0))
-    targets = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, c - 1)))
-    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
-    smoothing = draw(st.sampled_from([0.0, 0.1, 0.3, 1.0]))
-    return logits, targets, reduction, smoothing
-
-
-@given(cross_entropy_case())
+@given(S.cross_entropy_cases(6, 6, 10.0, [0.0, 0.1, 0.3, 1.0]))
 def test_cross_entropy(case):
     logits, targets, reduction, smoothing = case
     (zt,), (zr,) = _leaves(logits)
