@@ -24,6 +24,7 @@ import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 from tinygrad_cnn.backend import reuse_freed_memory
 from tinygrad_cnn.ops import Matmul
+from tinygrad_cnn.ops.linalg import product
 from models import MODELS
 
 
@@ -151,7 +152,7 @@ def matmul_shapes(step):
     orig = Matmul.forward
 
     def spy(self, a, b):
-        shapes.append((a.shape, b.shape, a.dtype))
+        shapes.append((a.shape, b.shape, a.dtype, self.needs_input_grad))
         return orig(self, a, b)
 
     Matmul.forward = spy
@@ -163,18 +164,22 @@ def matmul_shapes(step):
 
 
 def gemm_lower_bound(shapes, repeats=5):
-    """Seconds for the step's GEMMs alone: each forward product and its two VJP products."""
+    """Seconds for the step's GEMMs alone: each forward product and the VJP products the step
+    needs (none for an input that requires no gradient), in the orientation the Matmul op
+    computes them (``ops.linalg.product``)."""
     work = []
-    for sa, sb, dtype in shapes:
+    for sa, sb, dtype, needs in shapes:
         a, b = np.ones(sa, dtype), np.ones(sb, dtype)
         g = np.ones(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), dtype)
-        work.append((a, b, g))
+        work.append((a, b, g, needs))
 
     def run():
-        for a, b, g in work:
-            a @ b
-            g @ b.swapaxes(-1, -2)
-            a.swapaxes(-1, -2) @ g
+        for a, b, g, (need_a, need_b) in work:
+            product(a, b)
+            if need_a:
+                product(g, b.swapaxes(-1, -2))
+            if need_b:
+                product(a.swapaxes(-1, -2), g)
 
     run()
     times = []
