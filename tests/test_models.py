@@ -12,6 +12,7 @@ import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor, manual_seed, optim
 from models import MODELS, FastCNN, FCBaseline, SeedCNN
 from models.seed_cnn import seed_init
+from benchmarks.torch_twins import torch_model
 
 
 def _images(n=4, c=3, size=32, seed=0, dtype=np.float32):
@@ -139,62 +140,7 @@ def test_every_parameter_gets_a_gradient_and_conv_filters_change(name):
     assert F.cross_entropy(m(x), y).item() < loss.item()
 
 
-# ------------------------------------------------------------------------ torch oracle
-
-
-def _torch_models(torch):
-    tnn = torch.nn
-
-    class TSeedCNN(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(3, 16, 3, padding=1)
-            self.conv2 = tnn.Conv2d(16, 32, 3, padding=1)
-            self.fc1 = tnn.Linear(2048, 64)
-            self.fc2 = tnn.Linear(64, 10)
-
-        def forward(self, x):
-            x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
-            x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-    class TConvBN(tnn.Module):
-        def __init__(self, a, b):
-            super().__init__()
-            self.conv = tnn.Conv2d(a, b, 3, padding=1, bias=False)
-            self.bn = tnn.BatchNorm2d(b)
-
-        def forward(self, x):
-            return self.bn(self.conv(x))
-
-    class TFastCNN(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.block1, self.block2 = TConvBN(3, 32), TConvBN(32, 32)
-            self.block3, self.block4 = TConvBN(32, 64), TConvBN(64, 64)
-            self.block5 = TConvBN(64, 128)
-            self.fc = tnn.Linear(128 * 16, 10)
-
-        def forward(self, x):
-            x = torch.relu(self.block1(x))
-            x = torch.max_pool2d(torch.relu(self.block2(x)), 2)
-            x = torch.relu(self.block3(x))
-            x = torch.max_pool2d(torch.relu(self.block4(x)), 2)
-            x = torch.max_pool2d(torch.relu(self.block5(x)), 2)
-            return self.fc(x.flatten(1))
-
-    class TFCBaseline(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = tnn.Sequential(tnn.Linear(3072, 256), tnn.Linear(256, 64), tnn.Linear(64, 10))
-
-        def forward(self, x):
-            x = x.flatten(1)
-            x = torch.relu(self.layers[0](x))
-            x = torch.relu(self.layers[1](x))
-            return self.layers[2](x)
-
-    return {"seed_cnn": TSeedCNN, "fast_cnn": TFastCNN, "fc": TFCBaseline}
+# ------------------------------------------------------------------------ torch oracle (benchmarks/torch_twins.py)
 
 
 @pytest.mark.parametrize("name", ["seed_cnn", "fast_cnn", "fc"])
@@ -203,7 +149,7 @@ def test_matches_torch_logits_and_gradients_float64(name, mode):
     torch = pytest.importorskip("torch")
     manual_seed(0)
     ours = MODELS[name]().astype(np.float64)
-    theirs = _torch_models(torch)[name]().double()
+    theirs = torch_model(name).double()
     sd, tsd = ours.state_dict(), theirs.state_dict()
     assert list(sd) == list(tsd), "state_dict names/order differ from PyTorch's"
     assert {k: v.shape for k, v in sd.items()} == {k: tuple(v.shape) for k, v in tsd.items()}
@@ -241,7 +187,7 @@ def test_matches_torch_logits_and_gradients_float64(name, mode):
 def test_torch_state_dict_loads_into_our_model():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    theirs = _torch_models(torch)["seed_cnn"]()
+    theirs = torch_model("seed_cnn")
     ours = SeedCNN()
     ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()}, strict=True)
     x = _images(2, seed=2)
