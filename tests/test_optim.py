@@ -50,6 +50,16 @@ OPTIMIZER_CASES = [
 # ------------------------------------------------------------------------ torch oracle
 
 
+def _step_both(torch, opt, topt, ps, tps, grads):
+    """Feed the same gradients to our optimizer and torch's, one step per set."""
+    for gs in grads:
+        for p, tp, g in zip(ps, tps, gs):
+            p.grad = g.copy()
+            tp.grad = torch.tensor(g.copy())
+        opt.step()
+        topt.step()
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name,kwargs", OPTIMIZER_CASES)
 def test_optimizer_matches_torch(name, kwargs, dtype):
@@ -57,14 +67,8 @@ def test_optimizer_matches_torch(name, kwargs, dtype):
     init, grads = _problem(dtype, 20)
     ps = _params(init)
     tps = [torch.tensor(a.copy(), requires_grad=True) for a in init]
-    opt = getattr(optim, name)(ps, **kwargs)
-    topt = getattr(torch.optim, name)(tps, **kwargs)
-    for gs in grads:
-        for p, tp, g in zip(ps, tps, gs):
-            p.grad = g.copy()
-            tp.grad = torch.tensor(g.copy())
-        opt.step()
-        topt.step()
+    _step_both(torch, getattr(optim, name)(ps, **kwargs), getattr(torch.optim, name)(tps, **kwargs),
+               ps, tps, grads)
     rtol, atol = (1e-6, 1e-12) if dtype == np.float64 else (2e-5, 1e-6)
     for p, tp in zip(ps, tps):
         assert p.data.dtype == dtype
@@ -80,14 +84,7 @@ def test_param_groups_match_torch():
     def groups(p):
         return [{"params": p[:1]}, {"params": p[1:], "lr": 0.03, "weight_decay": 0.2, "betas": (0.5, 0.9)}]
 
-    opt = optim.Adam(groups(ps), lr=0.01)
-    topt = torch.optim.Adam(groups(tps), lr=0.01)
-    for gs in grads:
-        for p, tp, g in zip(ps, tps, gs):
-            p.grad = g.copy()
-            tp.grad = torch.tensor(g.copy())
-        opt.step()
-        topt.step()
+    _step_both(torch, optim.Adam(groups(ps), lr=0.01), torch.optim.Adam(groups(tps), lr=0.01), ps, tps, grads)
     for p, tp in zip(ps, tps):
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-6, atol=1e-12)
 
@@ -597,8 +594,14 @@ def test_schedule_argument_errors():
         optim.OneCycleLR(opt, [0.1, 0.2], total_steps=10)
     with pytest.raises(ValueError, match="T_max"):
         optim.CosineAnnealingLR(opt, T_max=0)
-    with pytest.raises(ValueError, match="step_size"):
+    with pytest.raises(ValueError, match="StepLR: step_size must be a positive integer; got 0"):
         optim.StepLR(opt, 0)
+    with pytest.raises(ValueError, match="ConstantLR: total_iters must be a non-negative integer; got -1"):
+        optim.ConstantLR(opt, total_iters=-1)
+    with pytest.raises(ValueError, match="OneCycleLR: steps_per_epoch must be a positive integer; got 2.5"):
+        optim.OneCycleLR(opt, 0.1, epochs=2, steps_per_epoch=2.5)
+    with pytest.raises(ValueError, match="OneCycleLR: epochs must be a positive integer; got True"):
+        optim.OneCycleLR(opt, 0.1, epochs=True, steps_per_epoch=2)
     with pytest.raises(TypeError, match="not an Optimizer"):
         optim.CosineAnnealingLR(object(), 5)
     with pytest.raises(ValueError, match="lr_lambdas"):

@@ -41,6 +41,14 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW",
 # ----------------------------------------------------------------------------- helpers
 
 
+def _count(owner, name, value, minimum=1):
+    """``value`` as a Python int >= ``minimum`` (1 or 0), or a ValueError naming ``owner``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{owner}: {name} must be a {kind} integer; got {value!r}")
+    return int(value)
+
+
 def _real(owner, name, value, lo=None, hi=None, lo_open=False, hi_open=False):
     """``value`` as a Python float, or a ValueError/TypeError naming ``owner`` and ``name``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -696,9 +704,7 @@ class StepLR(LRScheduler):
     _hyper_keys = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
-        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size <= 0:
-            raise ValueError(f"StepLR: step_size must be a positive integer; got {step_size!r}")
-        self.step_size = int(step_size)
+        self.step_size = _count("StepLR", "step_size", step_size)
         self.gamma = _real("StepLR", "gamma", gamma, lo=0)
         super().__init__(optimizer, last_epoch)
 
@@ -714,9 +720,7 @@ class ConstantLR(LRScheduler):
 
     def __init__(self, optimizer, factor=1.0 / 3, total_iters=5, last_epoch=-1):
         self.factor = _real("ConstantLR", "factor", factor, lo=0, hi=1)
-        if isinstance(total_iters, bool) or not isinstance(total_iters, numbers.Integral) or total_iters < 0:
-            raise ValueError(f"ConstantLR: total_iters must be a non-negative integer; got {total_iters!r}")
-        self.total_iters = int(total_iters)
+        self.total_iters = _count("ConstantLR", "total_iters", total_iters, minimum=0)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
@@ -736,9 +740,7 @@ class CosineAnnealingLR(LRScheduler):
     _hyper_keys = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
-        if isinstance(T_max, bool) or not isinstance(T_max, numbers.Integral) or T_max <= 0:
-            raise ValueError(f"CosineAnnealingLR: T_max must be a positive integer; got {T_max!r}")
-        self.T_max = int(T_max)
+        self.T_max = _count("CosineAnnealingLR", "T_max", T_max)
         self.eta_min = _real("CosineAnnealingLR", "eta_min", eta_min, lo=0)
         super().__init__(optimizer, last_epoch)
 
@@ -784,14 +786,9 @@ class OneCycleLR(LRScheduler):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{n}: {type(optimizer).__name__} is not an Optimizer")
         if total_steps is not None:
-            if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps <= 0:
-                raise ValueError(f"{n}: expected a positive integer total_steps; got {total_steps!r}")
-            self.total_steps = int(total_steps)
+            self.total_steps = _count(n, "total_steps", total_steps)
         elif epochs is not None and steps_per_epoch is not None:
-            for k, v in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
-                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
-                    raise ValueError(f"{n}: expected a positive integer {k}; got {v!r}")
-            self.total_steps = int(epochs) * int(steps_per_epoch)
+            self.total_steps = _count(n, "epochs", epochs) * _count(n, "steps_per_epoch", steps_per_epoch)
         else:
             raise ValueError(f"{n}: define either total_steps or (epochs and steps_per_epoch)")
         self.pct_start = _real(n, "pct_start", pct_start, lo=0, hi=1)
