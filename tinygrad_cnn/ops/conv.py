@@ -197,22 +197,23 @@ class MaxPool2d(Op):
         self.row_taps = [(slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh)) for i in range(kh)]
         keep = self._record
         channel_major = src.strides[1] > src.strides[0]  # e.g. a convolution's output
-        rows = _empty(xp, src[self.col_taps[0]].shape, x.dtype, channel_major)
-        out = _empty(xp, rows[self.row_taps[0]].shape, x.dtype, channel_major)
+        rows_shape = src[self.col_taps[0]].shape  # the row maxima: (N, C, rows_used, Wo)
+        out = _empty(xp, rows_shape[:2] + (Ho, Wo), x.dtype, channel_major)
         index_dtype = np.min_scalar_type(max(kh, kw) - 1)
-        col_win = _empty(xp, rows.shape, index_dtype, channel_major) if keep and kw > 1 else None
+        col_win = _empty(xp, rows_shape, index_dtype, channel_major) if keep and kw > 1 else None
         row_win = _empty(xp, out.shape, index_dtype, channel_major) if keep and kh > 1 else None
 
         def pool(lo, hi):
             for block in _blocks(lo, hi, src.shape[0], src.shape[2] * src.shape[3]):
-                _running_max(xp, [src[t][block] for t in self.col_taps], rows[block],
-                             None if col_win is None else col_win[block])
-                _running_max(xp, [rows[t][block] for t in self.row_taps], out[block],
+                taps = [src[t][block] for t in self.col_taps]
+                rows = _empty(xp, taps[0].shape, x.dtype, channel_major)  # one block's, in cache
+                _running_max(xp, taps, rows, None if col_win is None else col_win[block])
+                _running_max(xp, [rows[t] for t in self.row_taps], out[block],
                              None if row_win is None else row_win[block])
 
         parallel_ranges(x.shape[1], pool, src.size)
         self.save(col_win, row_win)
-        self.geometry = (src.shape, rows.shape, (ph, pw), x.shape[2:], channel_major)
+        self.geometry = (src.shape, rows_shape, (ph, pw), x.shape[2:], channel_major)
         return out
 
     def backward(self, g):
@@ -225,14 +226,15 @@ class MaxPool2d(Op):
         # pass writes each tap's share; where they overlap it accumulates. Buffers start at
         # zero unless the windows cover every element.
         covered = sw == kw and rows_shape[2] == src_shape[2] and rows_shape[3] * kw == src_shape[3]
-        g_rows = _empty(xp, rows_shape, g.dtype, channel_major, zero=sh != kh)
         gx = _empty(xp, src_shape, g.dtype, channel_major, zero=not covered)
 
         def route(lo, hi):
             for block in _blocks(lo, hi, src_shape[0], src_shape[2] * src_shape[3]):
-                _route(xp, g[block], None if row_win is None else row_win[block],
-                       [g_rows[t][block] for t in self.row_taps], sh >= kh)
-                _route(xp, g_rows[block], None if col_win is None else col_win[block],
+                g_block = g[block]
+                g_rows = _empty(xp, g_block.shape[:2] + rows_shape[2:], g.dtype, channel_major, zero=sh != kh)
+                _route(xp, g_block, None if row_win is None else row_win[block],
+                       [g_rows[t] for t in self.row_taps], sh >= kh)
+                _route(xp, g_rows, None if col_win is None else col_win[block],
                        [gx[t][block] for t in self.col_taps], sw >= kw)
 
         parallel_ranges(src_shape[1], route, int(np.prod(src_shape)))
