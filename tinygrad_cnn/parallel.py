@@ -17,7 +17,7 @@ bits; a different split differs only by rounding.
 from __future__ import annotations
 
 import operator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from . import backend
 from .backend import array_module
@@ -73,8 +73,12 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1):
             share = (hi - lo) / n
             weight = array_module(loss.data).full(loss.shape, share, dtype=loss.dtype)
             for i, g in enumerate(grad(loss, params, grad_output=weight)):
-                if g is not None:
-                    sums[i] = g if sums[i] is None else operator.iadd(sums[i], g)
+                if g is None:
+                    continue
+                if sums[i] is None:
+                    sums[i] = g  # a fresh array: tc.grad returns copies
+                else:
+                    sums[i] += g
             results.append((k, float(loss.item()) * share, extra))
         return sums, results
 
@@ -91,7 +95,8 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1):
 
         with backend.blas_threads(1):
             futures = [pool.submit(serial_work, w) for w in range(threads)]
-            parts = [f.result() for f in futures]
+            wait(futures)  # all finish before BLAS gets its threads back, even if one failed
+        parts = [f.result() for f in futures]
 
     for i, p in enumerate(params):
         total = None
