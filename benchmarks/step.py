@@ -34,10 +34,13 @@ def median_range(xs):
 
 
 def training_micro_batch(name, batch):
-    """The micro-batch size the training script uses (train/cifar10.py): 64 for SeedCNN at its
-    batch of 128; none at the seed recipe's batch 1000 (no gain measured there), for FC
-    (GEMM-bound) and for FastCNN (BatchNorm statistics would change)."""
-    return 64 if name == "seed_cnn" and batch <= 256 else 0
+    """The micro-batch size the training script (train/cifar10.py) uses for this model at this
+    batch size: its per-model default, or the seed recipe's when the batch is the recipe's."""
+    from train.cifar10 import DEFAULTS, SEED_RECIPE
+
+    if name == "seed_cnn" and batch == SEED_RECIPE["batch_size"]:
+        return SEED_RECIPE.get("micro_batch", 0)
+    return DEFAULTS[name].get("micro_batch", 0)
 
 
 def make_ours(name, batch, dtype, micro_batch=0, micro_threads=2, seed=0):
