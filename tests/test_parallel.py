@@ -2,6 +2,10 @@
 the fast paths rely on (thread count control, product orientation)."""
 from __future__ import annotations
 
+import platform
+import resource
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -203,3 +207,38 @@ def test_batch_norm_models_are_not_micro_batched_by_the_trainer():
     assert uses_batch_statistics(FastCNN())
     assert not uses_batch_statistics(SeedCNN())
     assert uses_batch_statistics(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm2d(2)))
+
+
+_REUSE_PROBE = """
+import resource, sys, threading
+import numpy as np
+from tinygrad_cnn.backend import reuse_freed_memory
+if sys.argv[1] == "on":
+    assert reuse_freed_memory()
+faults = []
+def worker():
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        a = np.ones(80 << 18, dtype=np.float32)  # 80 MiB, written: every page touched
+        faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+        del a
+t = threading.Thread(target=worker)
+t.start(); t.join()
+print(faults[-1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(resource, "RUSAGE_THREAD") or platform.libc_ver()[0] != "glibc",
+                    reason="needs glibc on Linux")
+def test_reuse_freed_memory_lets_worker_threads_reuse_big_blocks():
+    # Micro-batches allocate their columns and activations on worker threads. By default glibc
+    # serves a big block there with a fresh mmap and unmaps it when freed, so every step
+    # faults (and the kernel zeroes) those pages again; once set, the third round reuses the
+    # first round's pages.
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _REUSE_PROBE, mode], capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout)
+
+    assert faults("off") >= 10  # 40 huge pages or 20480 small ones: the probe sees the faults
+    assert faults("on") < 5

@@ -37,8 +37,10 @@ def reuse_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     A training step allocates and frees the same large arrays (im2col columns, activations)
     every step; above glibc's mmap threshold (at most 32 MiB by default) each one is a fresh
     ``mmap`` whose pages the kernel faults in and zeroes again. Keeping them in the heap removes
-    that cost. Process-wide and opt-in (the training scripts and benchmarks call it); returns
-    False where the C library is not glibc.
+    that cost. Threads other than the main one allocate from arenas of their own, which serve a
+    block that big with a fresh ``mmap`` whatever the threshold, so every thread is also sent
+    to the main heap (micro-batches run on worker threads). Process-wide and opt-in (the
+    training scripts and benchmarks call it); returns False where the C library is not glibc.
     """
     import ctypes
     import ctypes.util
@@ -48,8 +50,10 @@ def reuse_freed_memory(limit_bytes: int = 1 << 30) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, int(limit_bytes))) and bool(mallopt(M_TRIM_THRESHOLD, 2 * int(limit_bytes)))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+    return all(mallopt(option, value) for option, value in ((M_MMAP_THRESHOLD, int(limit_bytes)),
+                                                            (M_TRIM_THRESHOLD, 2 * int(limit_bytes)),
+                                                            (M_ARENA_MAX, 1)))
 
 
 # ------------------------------------------------------------------ threads for memory-bound ops
