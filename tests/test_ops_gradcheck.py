@@ -332,6 +332,8 @@ def _rand(shape, seed=0):
 def _im2col(g_x):
     g, x = g_x
     check("im2col", lambda t: F.im2col(t, g["kernel"], g["stride"], g["padding"]), x)
+    # the appended row of ones is a constant: no gradient flows back from it
+    check("im2col", lambda t: F.im2col(t, g["kernel"], g["stride"], g["padding"], ones_row=True), x)
 
 
 def _cols_shape(g):
@@ -508,6 +510,36 @@ def test_batch_norm_matches_the_composite(case_, layout):
         results.append([out.numpy(), *stats, *(t.grad for t in leaves)])
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 3, 3), (3, 6, 2, 5), (7, 4)])
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_batch_norm_in_channel_blocks_on_threads_matches_the_composite(monkeypatch, shape, channel_major):
+    """Blocks of one channel, split over three threads: the code path large inputs take."""
+    from tinygrad_cnn import backend
+    from tinygrad_cnn.ops import norm
+
+    monkeypatch.setattr(backend, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(norm, "_CHUNK", 1)
+    monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape) * 3 + 1
+    if channel_major:
+        order = (1, 0) + tuple(range(2, len(shape)))
+        x = np.ascontiguousarray(x.transpose(order)).transpose(order)
+    w, b = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    g = rng.standard_normal(shape)
+    results = []
+    for fn in (lambda *a: F.batch_norm(*a, training=True), batch_norm_from_primitives):
+        stats = [np.full(shape[1], 0.5), np.full(shape[1], 2.0)]
+        leaves = [Tensor(v, requires_grad=True) for v in (x, w, b)]
+        out = fn(leaves[0], *stats, leaves[1], leaves[2])
+        out.backward(g)
+        results.append([out.numpy(), *stats, *(t.grad for t in leaves)])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    if channel_major and len(shape) == 4:  # the output keeps the convolution's layout
+        assert results[0][0].strides[1] > results[0][0].strides[0]
 
 
 def test_batch_norm_fused_op_saves_only_the_normalised_input():
