@@ -122,6 +122,8 @@ def test_im2col_matches_loops(g_x):
     want = naive_im2col(x, g["kernel_hw"], g["stride_hw"], g["padding_hw"])
     assert got.shape == want.shape
     np.testing.assert_array_equal(got, want)  # a pure copy: exact
+    with_ones = F.im2col(Tensor(x), g["kernel"], g["stride"], g["padding"], ones_row=True).numpy()
+    np.testing.assert_array_equal(with_ones, np.vstack([want, np.ones((1, want.shape[1]))]))
 
 
 @given(S.window_geometry(max_channels=3).flatmap(

@@ -122,7 +122,7 @@ def test_labels_carry_op_names_args_shapes_dtypes_and_parameter_names():
     text = label_text(src)
     for op in ("im2col", "matmul", "max_pool2d", "log_softmax", "reshape", "transpose", "relu", "getitem"):
         assert op in text, op
-    assert "k=3x3 s=1 p=1" in text          # conv im2col
+    assert "k=3x3 s=1 p=1 +ones" in text    # conv im2col, with the bias's row of ones
     assert "k=2x2 s=2 p=0" in text          # max-pool
     assert "axis=-1" in text                # log_softmax
     assert "axes=(1,0,2,3)" in text
@@ -130,7 +130,7 @@ def test_labels_carry_op_names_args_shapes_dtypes_and_parameter_names():
         assert name in text
         assert f"{'x'.join(map(str, p.shape))} float32" in text
     assert "2x3x32x32 float32" in text      # the input
-    assert "27x2048 float32" in text        # im2col's output
+    assert "28x2048 float32" in text        # im2col's output: 27 taps and the ones row
     assert "2x10 float32" in text
 
 

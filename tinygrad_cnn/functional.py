@@ -25,9 +25,10 @@ def _tensor(x, name, what):
 # ------------------------------------------------------------------------------ primitives
 
 
-def im2col(x, kernel_size, stride=1, padding=0):
-    """(N, C, H, W) -> (C*kH*kW, N*Ho*Wo) patch columns (zero padding folded in). Primitive."""
-    return ops.Im2col.apply(x, kernel_size=kernel_size, stride=stride, padding=padding)
+def im2col(x, kernel_size, stride=1, padding=0, ones_row=False):
+    """(N, C, H, W) -> (C*kH*kW, N*Ho*Wo) patch columns (zero padding folded in), plus a last
+    row of ones with ``ones_row``. Primitive."""
+    return ops.Im2col.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, ones_row=ones_row)
 
 
 def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
@@ -78,7 +79,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     """2-d convolution (cross-correlation, as in PyTorch) of an NCHW tensor.
 
     ``weight`` is (C_out, C_in, kH, kW), ``bias`` (C_out,). Built as im2col -> matmul ->
-    reshape -> permute (+ bias); im2col folds the zero padding in so no padded copy is made.
+    reshape -> permute; im2col folds the zero padding in so no padded copy is made. A bias
+    rides in the GEMM as ``[W | b] @ [cols; 1]`` (im2col appends the row of ones), which
+    saves a pass over the output each way.
     """
     _tensor(x, "conv2d", "input")
     _tensor(weight, "conv2d", "weight")
@@ -95,11 +98,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     n = x.shape[0]
     # validate stride/padding/kernel here so that errors name conv2d, not the inner im2col
     _, _, _, (ho, wo) = window_geometry("conv2d", x.shape, (kh, kw), stride, padding)
-    cols = im2col(x, (kh, kw), stride, padding)                # (C_in*kH*kW, N*Ho*Wo)
-    out = weight.reshape(c_out, c_in * kh * kw) @ cols         # (C_out, N*Ho*Wo)
-    out = out.reshape(c_out, n, ho, wo)
-    if bias is not None:
-        out = out + bias.reshape(c_out, 1, 1, 1)
+    k = c_in * kh * kw
+    w = weight.reshape(c_out, k)
+    if bias is not None:  # [W | b] @ [cols; 1]: the bias rides in the GEMM
+        w = pad(w, ((0, 0), (0, 1))) + pad(bias.reshape(c_out, 1), ((0, 0), (k, 0)))
+    cols = im2col(x, (kh, kw), stride, padding, ones_row=bias is not None)  # (k [+ 1], N*Ho*Wo)
+    out = (w @ cols).reshape(c_out, n, ho, wo)
     return out.permute(1, 0, 2, 3)                             # (N, C_out, Ho, Wo)
 
 

@@ -119,7 +119,8 @@ def op_args(op) -> str:
             k = p.get("kernel_size")
             s = p.get("stride")
             s = k if s is None else s
-            return f"k={_pair(k, always_two=True)} s={_pair(s)} p={_pair(p.get('padding', 0))}"
+            ones = " +ones" if p.get("ones_row") else ""  # im2col's row of ones for the bias
+            return f"k={_pair(k, always_two=True)} s={_pair(s)} p={_pair(p.get('padding', 0))}{ones}"
         if name in ("sum", "max"):
             axis = p.get("axis")
             text = "axis=all" if axis is None else f"axis={_tuple(axis)}"

@@ -77,11 +77,15 @@ def _tap_plan(kernel, stride, padding, in_hw, out_hw):
     return plan
 
 
-def im2col_array(x, kernel, stride, padding, out_hw):
+def im2col_array(x, kernel, stride, padding, out_hw, ones_row=False):
     N, C, H, W = x.shape
     (kh, kw), _, (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
     xp = array_module(x)
-    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+    rows = C * kh * kw
+    out = xp.empty((rows + ones_row, N * Ho * Wo), dtype=x.dtype)
+    if ones_row:
+        out[rows] = 1
+    cols = out[:rows].reshape(C, kh, kw, N, Ho, Wo)
     xt = x.transpose(1, 0, 2, 3)
     plan = _tap_plan(kernel, stride, padding, (H, W), out_hw)
     inside = {(i, j) for i, j, *_ in plan}
@@ -101,7 +105,7 @@ def im2col_array(x, kernel, stride, padding, out_hw):
                 tap[:, :, o_r, o_c.stop:] = 0
 
     parallel_ranges(C, fill, cols.size)
-    return cols.reshape(C * kh * kw, N * Ho * Wo)
+    return out
 
 
 def col2im_array(cols, x_shape, kernel, stride, padding, out_hw):
@@ -132,17 +136,19 @@ def col2im_array(cols, x_shape, kernel, stride, padding, out_hw):
 
 @register
 class Im2col(Op):
-    """(N, C, H, W) -> (C*kH*kW, N*Ho*Wo) patch columns; its VJP is col2im."""
+    """(N, C, H, W) -> (C*kH*kW, N*Ho*Wo) patch columns; its VJP is col2im. With
+    ``ones_row`` a last row of ones is appended, so that a bias can ride in the convolution's
+    GEMM as one more weight column (and its gradient falls out of the weight-gradient GEMM)."""
 
     name = "im2col"
 
-    def forward(self, x, kernel_size, stride=1, padding=0):
+    def forward(self, x, kernel_size, stride=1, padding=0, ones_row=False):
         self.geometry = window_geometry(self.name, x.shape, kernel_size, stride, padding)
-        self.in_shape = x.shape
-        return im2col_array(x, *self.geometry)
+        self.in_shape, self.ones_row = x.shape, bool(ones_row)
+        return im2col_array(x, *self.geometry, ones_row=self.ones_row)
 
     def backward(self, g):
-        return col2im_array(g, self.in_shape, *self.geometry)
+        return col2im_array(g[:-1] if self.ones_row else g, self.in_shape, *self.geometry)
 
 
 @register
