@@ -267,7 +267,8 @@ def test_seed_recipe_sets_the_seed_projects_settings():
     assert cfg.batch_size == 1000 and cfg.optimizer == "sgd" and cfg.lr == 1e-3
     assert cfg.momentum == 0.0 and not cfg.nesterov and cfg.weight_decay == 0.0
     assert cfg.schedule == "const" and cfg.augment is False and cfg.normalize is False
-    assert cfg.label_smoothing == 0.0 and cfg.micro_batch == 0  # one pass per batch of 1000
+    assert cfg.label_smoothing == 0.0
+    assert (cfg.micro_batch, cfg.micro_threads) == (250, 2)  # the batch of 1000 in four parts, two at once
     # the model gets the seed's initialisation, from the run's seed
     manual = SeedCNN()
     from models.seed_cnn import seed_init
