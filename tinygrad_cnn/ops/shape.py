@@ -101,9 +101,12 @@ class Pad(Op):
 
     def forward(self, x, pad_width, value=0.0):
         self.pairs = normalize_pad_width(self.name, pad_width, x.ndim)
-        if not self.pairs:  # a 0-d tensor has no axis to pad (numpy rejects an empty pad_width)
-            return x.copy()
-        return array_module(x).pad(x, self.pairs, mode="constant", constant_values=value)
+        # a filled buffer and one copy: the same result as numpy's pad, without its overhead
+        # (about 20 us a call, which shows on the small weight matrices conv2d pads)
+        out = array_module(x).full(tuple(n + b + a for n, (b, a) in zip(x.shape, self.pairs)), value,
+                                   dtype=x.dtype)
+        out[tuple(slice(b, b + n) for n, (b, _) in zip(x.shape, self.pairs))] = x
+        return out
 
     def backward(self, g):
         return g[tuple(slice(b, g.shape[i] - a) for i, (b, a) in enumerate(self.pairs))]
