@@ -5,6 +5,7 @@ same forward/VJP code runs on numpy arrays today and on CuPy arrays (a GPU) tomo
 """
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 
@@ -61,14 +62,13 @@ def reuse_freed_memory(limit_bytes: int = 1 << 30) -> bool:
 _pool = None
 _MIN_PARALLEL = 1 << 20  # elements; below this a thread hand-off costs more than it saves
 _serial = threading.local()  # .on: this thread's ops must not fan out (see run_serially)
+_CPUS = max(1, os.cpu_count() or 1)  # asked once: the call costs ~10 us, and ops ask on every call
 
 
 def num_threads() -> int:
     """Threads for copy-heavy primitives: ``$TINYGRAD_CNN_THREADS``, else the CPU count."""
-    import os
-
     value = os.environ.get("TINYGRAD_CNN_THREADS")
-    return max(1, int(value)) if value else max(1, os.cpu_count() or 1)
+    return max(1, int(value)) if value else _CPUS
 
 
 def parallel_ranges(n: int, fn, work: int) -> None:
@@ -113,7 +113,6 @@ def _find_openblas():
     one already loaded in this process."""
     import ctypes
     import glob
-    import os
 
     paths = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
     try:
