@@ -500,7 +500,12 @@ def test_batch_norm_matches_the_composite(case_, layout):
     x, w, b = case_
     if x.ndim == 4:
         x = np.ascontiguousarray(x.transpose(layout)).transpose(layout)
-    g = np.random.default_rng(0).standard_normal(x.shape)
+    _batch_norm_equals_the_composite(x, w, b, np.random.default_rng(0).standard_normal(x.shape))
+
+
+def _batch_norm_equals_the_composite(x, w, b, g):
+    """The primitive's output, running statistics and gradients equal the composite's; returns
+    the primitive's output."""
     results = []
     for fn in (lambda *a: F.batch_norm(*a, training=True), batch_norm_from_primitives):
         stats = [np.full(x.shape[1], 0.5), np.full(x.shape[1], 2.0)]
@@ -510,6 +515,7 @@ def test_batch_norm_matches_the_composite(case_, layout):
         results.append([out.numpy(), *stats, *(t.grad for t in leaves)])
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    return results[0][0]
 
 
 @pytest.mark.parametrize("shape", [(4, 5, 3, 3), (3, 6, 2, 5), (7, 4)])
@@ -528,18 +534,9 @@ def test_batch_norm_in_channel_blocks_on_threads_matches_the_composite(monkeypat
         order = (1, 0) + tuple(range(2, len(shape)))
         x = np.ascontiguousarray(x.transpose(order)).transpose(order)
     w, b = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
-    g = rng.standard_normal(shape)
-    results = []
-    for fn in (lambda *a: F.batch_norm(*a, training=True), batch_norm_from_primitives):
-        stats = [np.full(shape[1], 0.5), np.full(shape[1], 2.0)]
-        leaves = [Tensor(v, requires_grad=True) for v in (x, w, b)]
-        out = fn(leaves[0], *stats, leaves[1], leaves[2])
-        out.backward(g)
-        results.append([out.numpy(), *stats, *(t.grad for t in leaves)])
-    for got, want in zip(*results):
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    out = _batch_norm_equals_the_composite(x, w, b, rng.standard_normal(shape))
     if channel_major and len(shape) == 4:  # the output keeps the convolution's layout
-        assert results[0][0].strides[1] > results[0][0].strides[0]
+        assert out.strides[1] > out.strides[0]
 
 
 def test_batch_norm_fused_op_saves_only_the_normalised_input():
