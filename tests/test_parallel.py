@@ -7,6 +7,7 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -189,7 +190,8 @@ def test_blas_threads_sets_and_restores_the_count():
     assert get() == before
 
 
-@pytest.mark.parametrize("shapes", [((3, 50), (50, 7)), ((7, 50), (50, 3)), ((2, 3), (3, 9))])
+@pytest.mark.parametrize("shapes", [((3, 50), (50, 7)), ((7, 50), (50, 3)), ((2, 3), (3, 9)),
+                                    ((30, 50), (50, 20)), ((20, 90), (90, 30))])  # small and large results
 @pytest.mark.parametrize("layouts", ["CC", "CF", "FC", "FF"])
 def test_product_equals_matmul_in_every_layout(shapes, layouts):
     rng = np.random.default_rng(0)
@@ -197,6 +199,35 @@ def test_product_equals_matmul_in_every_layout(shapes, layouts):
     a = a if layouts[0] == "C" else np.asfortranarray(a)
     b = b if layouts[1] == "C" else np.asfortranarray(b)
     np.testing.assert_allclose(product(a, b), a @ b, rtol=1e-12)
+
+
+def test_a_product_with_a_small_result_lets_other_threads_run():
+    # numpy's matmul keeps the GIL when the result has at most 500 elements, so a
+    # convolution's weight gradient (16 x 28 here, summed over many pixels) would stall the
+    # other micro-batch thread for its whole run. While the worker is inside product(),
+    # this thread must still be running Python: some of its time stamps fall inside the
+    # worker's calls (with the GIL kept, none can).
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((16, 1 << 18), dtype=np.float32)
+    b = rng.standard_normal((28, 1 << 18), dtype=np.float32).T
+    calls, done, stamps = [], threading.Event(), []
+
+    def work():
+        for _ in range(3):
+            t0 = time.perf_counter()
+            product(a, b)
+            calls.append((t0, time.perf_counter()))
+        done.set()
+
+    with backend.blas_threads(1):
+        worker = threading.Thread(target=work)
+        worker.start()
+        while not done.is_set():
+            stamps.append(time.perf_counter())
+        worker.join()
+    stamps = np.array(stamps)
+    inside = sum(int(((stamps > t0) & (stamps < t1)).sum()) for t0, t1 in calls)
+    assert inside > 0, f"no time stamp of this thread fell inside the worker's {len(calls)} products"
 
 
 def test_batch_norm_models_are_not_micro_batched_by_the_trainer():

@@ -37,8 +37,23 @@ def product(a, b):
     rows is computed as ``(b.T @ a.T).T`` (returned as that transposed view)."""
     if (a.ndim == 2 and b.ndim == 2 and _transposed(a) != _transposed(b)
             and a.shape[1] > b.shape[1] > a.shape[0]):
-        return (b.T @ a.T).T
+        return _mm(b.T, a.T).T
+    return _mm(a, b)
+
+
+def _mm(a, b):
+    """``a @ b`` that lets other threads run meanwhile. numpy's matmul releases the GIL only
+    when the result has more than 500 elements, so a small result with a long shared axis
+    (a convolution's weight gradient: 16 x 28 numbers, each summed over 256,000 pixels at
+    batch 250) would stop every other Python thread for its whole run; ``dot`` releases it
+    for 2-d operands whatever their size (after zero-filling its result, which is why
+    large results still go to matmul)."""
+    if a.ndim == 2 and b.ndim == 2 and a.shape[0] * b.shape[1] <= _SMALL_RESULT:
+        return a.dot(b)
     return a @ b
+
+
+_SMALL_RESULT = 500  # numpy's threshold below which matmul keeps the GIL
 
 
 @register
