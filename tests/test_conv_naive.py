@@ -137,6 +137,25 @@ def test_col2im_matches_loops(g_cols):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)  # sums in another order
 
 
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((2, 3, 5, 7), (3, 3), (1, 1)), ((1, 2, 4, 4), (1, 1), (0, 0)), ((3, 1, 6, 5), (5, 3), (2, 1)),
+    ((2, 2, 1, 1), (5, 5), (2, 2)),  # kernel larger than the image: most taps see only padding
+    ((2, 2, 2, 3), (5, 3), (2, 1)), ((4, 1, 3, 2), (3, 5), (1, 2))])
+@pytest.mark.parametrize("threaded", [False, True])
+def test_col2im_of_a_same_size_window(monkeypatch, shape, kernel, padding, threaded):
+    """Stride 1 with the output grid equal to the input grid takes the flat-shift path
+    (conv_ops._col2im_same); it must match the loops and give the general path's bits."""
+    if threaded:
+        monkeypatch.setattr(backend, "_MIN_PARALLEL", 0)
+        monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
+    n, c, h, w = shape
+    cols = _rand((c * kernel[0] * kernel[1], n * h * w))
+    got = F.col2im(Tensor(cols), shape, kernel, 1, padding).numpy()
+    np.testing.assert_allclose(got, naive_col2im(cols, shape, kernel, (1, 1), padding), rtol=1e-12, atol=1e-12)
+    rows = conv_ops._col2im_rows(cols, shape, kernel, (1, 1), padding, shape[2:])
+    np.testing.assert_array_equal(got, rows)
+
+
 @given(S.window_geometry(max_channels=3).flatmap(
     lambda g: st.tuples(st.just(g), S.arrays(g["shape"]), S.arrays(_cols_shape(g)))))
 @_examples(CORNERS, lambda g: (g, _rand(g["shape"]), _rand(_cols_shape(g), 1)))
