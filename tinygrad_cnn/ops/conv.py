@@ -158,9 +158,9 @@ def _col2im_same(cols, x_shape, kernel, padding):
     taps = cols.reshape(C, kh * kw, n)
     out = xp.empty((C, N, H, W), dtype=cols.dtype)
     flat = out.reshape(C, n)
+    plan = _tap_plan(kernel, (1, 1), padding, (H, W), (H, W))
     # the centre tap covers every pixel once: assigned first, so no zero fill is needed
-    offsets = sorted(((i - ph, j - pw, i * kw + j) for i, j, *_ in _tap_plan(kernel, (1, 1), padding, (H, W), (H, W))),
-                     key=lambda o: o[:2] != (0, 0))
+    offsets = sorted(((i - ph, j - pw, i * kw + j) for i, j, *_ in plan), key=lambda o: o[:2] != (0, 0))
 
     def accumulate(c_lo, c_hi):
         o, o4, t = flat[c_lo:c_hi], out[c_lo:c_hi], taps[c_lo:c_hi]
