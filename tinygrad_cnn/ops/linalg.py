@@ -53,7 +53,7 @@ def _mm(a, b):
     return a @ b
 
 
-_SMALL_RESULT = 500  # numpy's threshold below which matmul keeps the GIL
+_SMALL_RESULT = 500  # numpy's matmul keeps the GIL for results of this many elements or fewer
 
 
 @register
