@@ -572,3 +572,27 @@ def test_mean_gradcheck(x_axis, keepdims):
 def test_matmul_1d_and_broadcast_batches(shapes):
     a, b = _mm(*shapes)
     check("matmul", lambda x, y: x @ y, (a, b))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channel_major", "strided", "scalar"])
+def test_relu_in_slices_on_threads_matches_one_pass(monkeypatch, layout):
+    """Large inputs take ReLU's threaded path (slices along the outermost axis in memory);
+    it must give the one-pass values, gradients and the input's memory layout."""
+    from tinygrad_cnn import backend
+
+    monkeypatch.setattr(backend, "_MIN_PARALLEL", 0)
+    monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 4, 3, 6)).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, -0.0, np.nan]
+    x = {"contiguous": x, "channel_major": np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3),
+         "strided": x[:, ::2, :, 1:], "scalar": x[1, 1, 1, 1]}[layout]
+    g = rng.standard_normal(np.shape(x)).astype(np.float32)
+    t = Tensor(x, requires_grad=True)
+    out = F.relu(t)
+    out.backward(Tensor(g))
+    np.testing.assert_array_equal(out.numpy(), np.maximum(x, 0))
+    np.testing.assert_array_equal(t.grad, g * (np.maximum(x, 0) > 0))
+    assert out.numpy().dtype == np.float32 and t.grad.dtype == np.float32
+    if layout == "channel_major":
+        assert out.numpy().strides[1] > out.numpy().strides[0]

@@ -276,3 +276,40 @@ def test_reuse_freed_memory_lets_worker_threads_reuse_big_blocks():
 
     assert faults("off") >= 10  # 40 huge pages or 20480 small ones: the probe sees the faults
     assert faults("on") < 5
+
+
+# ------------------------------------------------------------------------ copy threads
+
+
+def test_parallel_ranges_covers_the_range_once_with_the_caller_doing_a_part(monkeypatch):
+    monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
+    seen, lock = [], threading.Lock()
+
+    def part(lo, hi):
+        with lock:
+            seen.append((lo, hi, threading.current_thread() is threading.main_thread()))
+
+    backend.parallel_ranges(10, part, backend._MIN_PARALLEL)
+    assert sorted(r[:2] for r in seen) == [(0, 3), (3, 6), (6, 10)]
+    assert [r[:2] for r in seen if r[2]] == [(0, 3)]  # the caller's own part; the others ran on the pool
+    seen.clear()
+    backend.parallel_ranges(10, part, backend._MIN_PARALLEL - 1)  # too little work: one call, here
+    assert seen == [(0, 10, True)]
+
+
+@pytest.mark.parametrize("failing", ["caller", "worker"])
+def test_parallel_ranges_raises_only_after_every_part_has_finished(monkeypatch, failing):
+    """A part that fails must not let the caller go on (and free the output) while another
+    part still writes into it."""
+    monkeypatch.setenv("TINYGRAD_CNN_THREADS", "2")
+    finished = []
+
+    def part(lo, hi):
+        if (lo == 0) == (failing == "caller"):
+            raise ValueError(f"boom in part {lo}")
+        time.sleep(0.05)
+        finished.append(lo)
+
+    with pytest.raises(ValueError, match="boom in part"):
+        backend.parallel_ranges(4, part, backend._MIN_PARALLEL)
+    assert finished == ([2] if failing == "caller" else [0])
