@@ -162,15 +162,17 @@ class Relu(Op):
 
     def backward(self, g):
         (out,) = self.saved
-        gx = array_module(g).empty_like(g)
-        _in_slices(g, lambda s: array_module(g).multiply(g[s], out[s] > 0, out=gx[s]))
+        xp = array_module(g)
+        gx = xp.empty_like(g)
+        _in_slices(g, lambda s: xp.multiply(g[s], out[s] > 0, out=gx[s]))
         return gx
 
 
 def _in_slices(a, fn):
     """Call ``fn(index)`` over slices that cover ``a``, on several threads when it is large
-    (one memory-bound pass, which numpy would run on one core), cut along the axis whose
-    slices are the longest contiguous runs (the channels of a channel-major activation)."""
+    (one memory-bound pass, which numpy would run on one core), cut along the outermost
+    axis in memory, so that each slice is one block (the channels of a channel-major
+    activation)."""
     if a.ndim == 0:
         fn(...)
         return
