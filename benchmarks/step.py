@@ -36,19 +36,21 @@ def median_range(xs):
 def training_micro_batch(name, batch):
     """The micro-batch size the training script (train/cifar10.py) uses for this model at this
     batch size: its per-model default, or the seed recipe's when the batch is the recipe's."""
-    from train.cifar10 import DEFAULTS, SEED_RECIPE
+    from train.cifar10 import DEFAULTS, SEED_RECIPE, resolve_micro_batch
 
-    if name == "seed_cnn" and batch == SEED_RECIPE["batch_size"]:
-        return SEED_RECIPE.get("micro_batch", 0)
-    return DEFAULTS[name].get("micro_batch", 0)
+    settings = SEED_RECIPE if name == "seed_cnn" and batch == SEED_RECIPE["batch_size"] else DEFAULTS[name]
+    return resolve_micro_batch(settings.get("micro_batch", 0), batch, settings.get("micro_threads", 1))
 
 
 def make_ours(name, batch, dtype, micro_batch=0, micro_threads=2, seed=0):
+    from train.cifar10 import uses_batch_statistics
+
     tc.manual_seed(seed)
     model = MODELS[name]()
     model.astype(dtype)
     opt = tc.optim.Adam(model.parameters(), lr=1e-3)
     params = list(model.parameters())
+    sync_batch_norm = uses_batch_statistics(model)  # micro-batches as shards, as the training script runs them
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 3, 32, 32)).astype(dtype)
     y = rng.integers(0, 10, batch)
@@ -63,7 +65,8 @@ def make_ours(name, batch, dtype, micro_batch=0, micro_threads=2, seed=0):
     def micro_step():
         opt.zero_grad()
         loss = tc.parallel.accumulate_gradients(lambda xb, yb: F.cross_entropy(model(tc.Tensor(xb)), yb),
-                                                (x, y), params, micro_batch, micro_threads)
+                                                (x, y), params, micro_batch, micro_threads,
+                                                sync_batch_norm=sync_batch_norm)
         opt.step()
         return loss
 

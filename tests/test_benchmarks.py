@@ -26,8 +26,12 @@ def test_step_benchmark_runs_and_writes_json(tmp_path, capsys, model, micro):
 
 
 def test_the_training_script_and_the_benchmark_agree_on_micro_batches():
-    from train.cifar10 import DEFAULTS, SEED_RECIPE
+    import train.cifar10 as tr
 
-    assert step.training_micro_batch("seed_cnn", DEFAULTS["seed_cnn"]["batch_size"]) == DEFAULTS["seed_cnn"]["micro_batch"]
-    assert step.training_micro_batch("seed_cnn", SEED_RECIPE["batch_size"]) == SEED_RECIPE["micro_batch"]
-    assert step.training_micro_batch("fast_cnn", 128) == DEFAULTS["fast_cnn"].get("micro_batch", 0) == 0
+    def script(*args):
+        return tr.config_from_args(tr.build_parser().parse_args(list(args))).micro_batch
+
+    assert step.training_micro_batch("seed_cnn", 128) == script("--model", "seed_cnn") == 64
+    assert step.training_micro_batch("seed_cnn", 1000) == script("--model", "seed_cnn", "--recipe", "seed") == 250
+    assert step.training_micro_batch("fast_cnn", 128) == script("--model", "fast_cnn") == 64  # one per thread
+    assert step.training_micro_batch("fast_cnn", 200) == script("--model", "fast_cnn", "--batch-size", "200") == 100

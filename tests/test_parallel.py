@@ -176,6 +176,130 @@ def test_a_worker_error_reaches_the_caller():
         tc.parallel.accumulate_gradients(broken, (x, y), model.parameters(), 1, threads=2)
 
 
+# ------------------------------------------------------------------------ shards with BatchNorm
+
+
+class _BatchNormNet(nn.Module):
+    """conv -> BatchNorm -> ReLU -> pool -> BatchNorm over features -> linear: both kinds of
+    batch statistics (per channel over N, H, W and per feature over N)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, 10)
+        self.g, self.b = nn.Parameter(np.ones(64)), nn.Parameter(np.zeros(64))
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2).flatten(1)
+        return self.fc(F.batch_norm(x, None, None, self.g, self.b, training=True))
+
+
+def _bn_batch(n, seed=0):
+    tc.manual_seed(seed)
+    model = _BatchNormNet()
+    model.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    return model, rng.standard_normal((n, 3, 8, 8)) * 2 + 1, rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("n, micro_batch, threads", [(8, 4, 2), (7, 3, 3), (9, 5, 2), (6, 6, 2)])
+def test_shards_with_synced_batch_norm_give_the_full_batch_gradient_and_statistics(n, micro_batch, threads):
+    model, x, y = _bn_batch(n)
+    want_loss, want = _full_batch_grads(model, x, y)
+    want_state = {k: v.copy() for k, v in model.state_dict().items()}
+    model, x, y = _bn_batch(n)
+    runs = []
+    for _ in range(2):
+        model.zero_grad()
+        state = {k: v.copy() for k, v in model.state_dict().items()}
+        loss = tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), micro_batch, threads,
+                                                sync_batch_norm=True)
+        runs.append((loss, [p.grad.copy() for p in model.parameters()], model.state_dict()))
+        if not runs[1:]:
+            for k, v in model.state_dict().items():  # one update of the running statistics per batch
+                np.testing.assert_allclose(v, want_state[k], rtol=1e-12, atol=1e-15, err_msg=k)
+            model.load_state_dict(state)  # the second run starts where the first did
+    (loss, grads, _), (loss2, grads2, _) = runs
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    for got, again, g in zip(grads, grads2, want):
+        np.testing.assert_allclose(got, g, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(got, again)  # the same bits every run
+
+
+def test_unsynced_shards_use_their_own_statistics():
+    """Without sync_batch_norm each micro-batch normalises by itself (the documented
+    difference), which the synced test above would catch."""
+    model, x, y = _bn_batch(8)
+    _, want = _full_batch_grads(model, x, y)
+    model.zero_grad()
+    tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 4, 2)
+    assert not np.allclose(next(iter(model.parameters())).grad, want[0], rtol=1e-6)
+
+
+def test_synced_shards_without_blas_control_run_as_one_batch(monkeypatch):
+    model, x, y = _bn_batch(8)
+    _, want = _full_batch_grads(model, x, y)
+    monkeypatch.setattr(backend, "can_set_blas_threads", lambda: False)
+    monkeypatch.setattr(backend, "ShardGroup", None)  # never built: one shard needs no group
+    model.zero_grad()
+    tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 4, 2, sync_batch_norm=True)
+    for p, g in zip(model.parameters(), want):
+        np.testing.assert_allclose(p.grad, g, rtol=1e-10, atol=1e-12)
+
+
+def test_synced_shards_need_one_micro_batch_per_thread():
+    model, x, y = _bn_batch(8)
+    with pytest.raises(ValueError, match="one micro-batch per thread; a batch of 8 in micro-batches of 2 makes 4, "
+                                         "for 2 threads"):
+        tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 2, 2, sync_batch_norm=True)
+
+
+def _run_with_deadline(fn, seconds=20):
+    """Run ``fn`` on a thread and return what it raised; fail (instead of hanging) if it
+    does not finish: a shard left waiting for another would never return."""
+    raised = []
+
+    def target():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            raised.append(e)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "accumulate_gradients did not return: a shard is still waiting"
+    return raised
+
+
+def test_a_failing_shard_does_not_leave_the_others_waiting():
+    model, x, y = _bn_batch(8)
+
+    def fn(xb, yb):
+        if xb[0, 0, 0, 0] == x[4, 0, 0, 0]:  # the second shard fails before its BatchNorm
+            raise ValueError("boom in shard 1")
+        return _loss_fn(model)(xb, yb)
+
+    raised = _run_with_deadline(lambda: tc.parallel.accumulate_gradients(
+        fn, (x, y), model.parameters(), 4, 2, sync_batch_norm=True))
+    assert len(raised) == 1 and isinstance(raised[0], ValueError) and "boom in shard 1" in str(raised[0])
+
+
+def test_shards_that_run_different_ops_raise_instead_of_mixing_statistics():
+    model, x, y = _bn_batch(8)
+
+    def fn(xb, yb):
+        if xb[0, 0, 0, 0] == x[4, 0, 0, 0]:  # the second shard normalises once more
+            model.bn(model.conv(Tensor(xb)))
+        return _loss_fn(model)(xb, yb)
+
+    raised = _run_with_deadline(lambda: tc.parallel.accumulate_gradients(
+        fn, (x, y), model.parameters(), 4, 2, sync_batch_norm=True))
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError)
+    assert "shards of the batch reached different points" in str(raised[0])
+
+
 # ------------------------------------------------------------------------ BLAS helpers
 
 

@@ -300,9 +300,13 @@ def test_micro_batching_defaults_and_its_refusal_for_batchnorm_models(tmp_path):
     seed = _config("--model", "seed_cnn")
     assert (seed.micro_batch, seed.micro_threads) == (64, 2)  # same gradient as one pass, faster
     assert _config("--model", "seed_cnn", "--micro-batch", "0").micro_batch == 0
-    assert _config("--model", "fast_cnn").micro_batch == 0
+    fast = _config("--model", "fast_cnn")  # BatchNorm: one micro-batch per thread, sharing its statistics
+    assert (fast.micro_batch, fast.micro_threads) == (64, 2)
+    tr.check_micro_batching(fast, tr.build_model(fast, (3, 32, 32)))
+    assert _config("--model", "fast_cnn", "--batch-size", "100", "--micro-threads", "3").micro_batch == 34
+    assert _config("--model", "fast_cnn", "--micro-batch", "0").micro_batch == 0
     fast = _config("--model", "fast_cnn", "--micro-batch", "32")
-    with pytest.raises(SystemExit, match="fast_cnn has BatchNorm layers"):
+    with pytest.raises(SystemExit, match=r"fast_cnn has BatchNorm layers.*use --micro-batch 64 or 0"):
         tr.check_micro_batching(fast, tr.build_model(fast, (3, 32, 32)))
     bad = _config("--model", "seed_cnn", "--micro-threads", "0")
     with pytest.raises(SystemExit, match="--micro-threads >= 1"):
@@ -319,6 +323,24 @@ def test_micro_batched_run_matches_one_pass_per_batch(reference_run, tmp_path):
     assert len(ref) == len(got) == 2
     for a, b in zip(ref, got):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 and abs(a["test_acc"] - b["test_acc"]) < 0.02
+
+
+@needs_cifar
+def test_fast_cnn_run_on_two_shards_matches_one_pass_per_batch(tmp_path):
+    """FastCNN's default splits each batch over two threads whose BatchNorm layers share the
+    batch's statistics: the same training as one pass, up to float32 rounding, running
+    statistics included."""
+    runs = {}
+    for name, extra in (("shards", ()), ("one_pass", ("--micro-batch", "0"))):
+        out = tmp_path / name
+        assert tr.main(["--model", "fast_cnn", "--data", str(ARCHIVE), "--limit-train", "96", "--limit-test",
+                        "50", "--epochs", "1", "--batch-size", "32", "--lr", "0.02", "--no-progress", "--out", str(out),
+                        *extra]) == 0
+        runs[name] = (_metrics(out)[0], load_arrays(out / "model.npz"))
+    (m_a, w_a), (m_b, w_b) = runs["shards"], runs["one_pass"]
+    assert abs(m_a["train_loss"] - m_b["train_loss"]) < 1e-4
+    for k in w_a:
+        np.testing.assert_allclose(w_a[k], w_b[k], rtol=1e-3, atol=1e-4, err_msg=k)
 
 
 # ------------------------------------------------------------------------ Fashion-MNIST

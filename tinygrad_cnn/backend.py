@@ -109,6 +109,60 @@ def run_serially():
         _serial.on = prev
 
 
+# ------------------------------------------------------------------ shards of one batch
+
+
+class ShardGroup:
+    """The threads that each run one shard of a batch at the same time (``tinygrad_cnn.
+    parallel``). An op whose result depends on the whole batch, such as BatchNorm's
+    statistics, hands its shard's partial results to ``gather`` and gets every shard's back,
+    in shard order, so that every thread combines them the same way, to the same bits."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._slots = ([None] * size, [None] * size)  # alternate rounds: a thread may write the
+        self._rounds = [0] * size                     # next before another has read this one
+        self._barrier = threading.Barrier(size)
+
+    def gather(self, rank: int, what: str, value):
+        """Wait for every shard to reach the same point; return their values in shard order.
+        ``what`` names the point; shards arriving at different points (a forward pass that
+        differs between them) raise instead of pairing the wrong values."""
+        slots = self._slots[self._rounds[rank] % 2]
+        self._rounds[rank] += 1
+        slots[rank] = (what, value)
+        self._barrier.wait()
+        arrived = list(slots)
+        if any(w != what for w, _ in arrived):
+            raise RuntimeError(f"{what}: the shards of the batch reached different points "
+                               f"({', '.join(w for w, _ in arrived)}); every shard must run the same ops")
+        return [v for _, v in arrived]
+
+    def abort(self):
+        """Wake every shard waiting in ``gather`` with ``threading.BrokenBarrierError``: one
+        of them failed and will not arrive."""
+        self._barrier.abort()
+
+
+_shard = threading.local()  # .value: (group, rank) while this thread runs one shard of a batch
+
+
+@contextmanager
+def batch_shard(group: ShardGroup, rank: int):
+    """Inside the block, this thread's ops run shard ``rank`` of ``group``'s batch."""
+    prev = getattr(_shard, "value", None)
+    _shard.value = (group, rank)
+    try:
+        yield
+    finally:
+        _shard.value = prev
+
+
+def current_shard():
+    """``(group, rank)`` when this thread runs one shard of a batch, else None."""
+    return getattr(_shard, "value", None)
+
+
 # ------------------------------------------------------------------ BLAS thread count
 
 _openblas = None  # (set, get) of numpy's OpenBLAS thread count, or False where not found

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import functional as F
-from .backend import is_floating
+from .backend import current_shard, is_floating
 from .io import CheckpointError, load_arrays, save_arrays
 from .rng import default_generator
 from .tensor import Tensor, scope
@@ -370,7 +370,8 @@ class BatchNorm2d(Module):
     def forward(self, x):
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d: expects (N, {self.num_features}, H, W) input; got shape {x.shape}")
-        if self.training:
+        shard = current_shard()
+        if self.training and (shard is None or shard[1] == 0):  # once per batch, also when threads split it
             self._buffers["num_batches_tracked"] = self.num_batches_tracked + 1
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=self.training, momentum=self.momentum, eps=self.eps)

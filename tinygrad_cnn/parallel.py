@@ -9,14 +9,16 @@ core, uses both.
 
 The result is the gradient of the batch's mean loss, accumulated into ``.grad`` as
 ``backward()`` would, when the loss is a mean over examples and nothing in the model mixes
-examples: BatchNorm in training mode computes its statistics per micro-batch instead
-(and updates its running statistics from several threads), so do not use it there. The
+examples. BatchNorm in training mode does: alone, each micro-batch would be normalised by
+its own statistics; with ``sync_batch_norm=True`` the micro-batches run as shards of one
+batch, one per thread, that share the whole batch's statistics (``ops/norm.py``). The
 sums run in a fixed order, so a given ``micro_batch`` and ``threads`` always give the same
 bits; a different split differs only by rounding.
 """
 from __future__ import annotations
 
 import operator
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from . import backend
@@ -28,7 +30,7 @@ __all__ = ["accumulate_gradients"]
 _executors: dict[int, ThreadPoolExecutor] = {}
 
 
-def accumulate_gradients(fn, arrays, params, micro_batch, threads=1):
+def accumulate_gradients(fn, arrays, params, micro_batch, threads=1, sync_batch_norm=False):
     """Add the gradient of the batch's mean loss to each parameter's ``.grad``.
 
     ``arrays`` (a sequence of arrays sharing their first axis, e.g. ``(images, labels)``) is
@@ -39,6 +41,13 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1):
     (where numpy's BLAS is OpenBLAS, whose thread count can be set for the duration; with any
     other BLAS they run one after another, since two threads each running multi-threaded
     BLAS would fight over the cores).
+
+    ``sync_batch_norm=True`` runs the micro-batches as shards of one batch, all at once, one
+    per thread: BatchNorm layers in training mode then use the whole batch's statistics,
+    gathered from every shard (as PyTorch's SyncBatchNorm does across processes), so the
+    gradient and the running statistics are the full batch's, up to rounding. It needs at
+    most ``threads`` micro-batches, and the same ops in every shard's forward pass. Where
+    the threads cannot run at once (see above) the batch runs as one micro-batch.
 
     Returns the batch's mean loss (a float), or ``(loss, joined_arrays)``.
     """
@@ -56,9 +65,15 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1):
     if not is_grad_enabled():
         raise RuntimeError("accumulate_gradients: called under no_grad(); there is no gradient to take")
     chunks = [(lo, min(lo + micro_batch, n)) for lo in range(0, n, micro_batch)]
+    if sync_batch_norm and len(chunks) > threads:
+        raise ValueError(f"accumulate_gradients: sync_batch_norm runs one micro-batch per thread; a batch of {n} "
+                         f"in micro-batches of {micro_batch} makes {len(chunks)}, for {threads} threads")
     threads = min(threads, len(chunks))
     if threads > 1 and not backend.can_set_blas_threads():
         threads = 1  # two threads each running multi-threaded BLAS would fight over the cores
+        if sync_batch_norm:
+            chunks = [(0, n)]  # its shards must run at once: one shard, the whole batch
+    shards = backend.ShardGroup(len(chunks)) if sync_batch_norm and len(chunks) > 1 else None
 
     def work(worker):
         sums, results = [None] * len(params), []
@@ -91,11 +106,23 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1):
 
         def serial_work(worker):
             with backend.run_serially():
-                return work(worker)
+                if shards is None:
+                    return work(worker)
+                try:
+                    with backend.batch_shard(shards, worker):
+                        done = work(worker)
+                        shards.gather(worker, "the end of a shard", None)  # none is left waiting
+                    return done
+                except BaseException:
+                    shards.abort()  # the other shards must not wait for this one
+                    raise
 
         with backend.blas_threads(1):
             futures = [pool.submit(serial_work, w) for w in range(threads)]
             wait(futures)  # all finish before BLAS gets its threads back, even if one failed
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        if failed:  # a shard's failure breaks the others' waits: report its cause
+            raise next((e for e in failed if not isinstance(e, threading.BrokenBarrierError)), failed[0])
         parts = [f.result() for f in futures]
 
     for i, p in enumerate(params):

@@ -35,12 +35,16 @@ CHECKPOINT = "checkpoint.npz"
 UNCAPPED = 10**6  # the epoch "limit" of a --budget run without --epochs
 METRICS = "metrics.jsonl"
 
-# Per-model defaults (a flag on the command line overrides each one).
+PER_THREAD = "per_thread"  # a default micro-batch: the batch split evenly over the threads
+
+# Per-model defaults (a flag on the command line overrides each one). FastCNN's BatchNorm
+# layers need the batch's statistics, so its micro-batches are shards that all run at once.
 DEFAULTS = {
     "seed_cnn": dict(optimizer="adam", lr=3e-3, schedule="onecycle", batch_size=128, weight_decay=0.0,
                      augment=True, label_smoothing=0.0, epochs=10, micro_batch=64, micro_threads=2),
     "fast_cnn": dict(optimizer="sgd", lr=0.2, schedule="onecycle", batch_size=128, weight_decay=5e-4,
-                     momentum=0.9, nesterov=True, augment=True, label_smoothing=0.1, epochs=10),
+                     momentum=0.9, nesterov=True, augment=True, label_smoothing=0.1, epochs=10,
+                     micro_batch=PER_THREAD, micro_threads=2),
     "fc": dict(optimizer="adam", lr=1e-3, schedule="onecycle", batch_size=128, weight_decay=0.0,
                augment=False, label_smoothing=0.0, epochs=5),
 }
@@ -108,7 +112,8 @@ def build_parser():
     p.add_argument("--budget", type=float, help="wall-clock budget in seconds (training + evaluation)")
     p.add_argument("--eval-batch-size", type=int, default=1000)
     p.add_argument("--micro-batch", type=int, help="compute each batch's gradient over micro-batches of this "
-                   "size (same gradient, faster; 0: one pass per batch; not for BatchNorm models)")
+                   "size (same gradient, faster; 0: one pass per batch; with BatchNorm, at most one per "
+                   "thread, which then share the batch's statistics)")
     p.add_argument("--micro-threads", type=int, help="micro-batches run at once, one per core")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -129,12 +134,19 @@ def config_from_args(args, parser=None) -> Config:
                 raise SystemExit("error: --recipe seed applies to --model seed_cnn only")
             values.update(SEED_RECIPE)
     values.update(given)
+    values["micro_batch"] = resolve_micro_batch(values.get("micro_batch", 0), values["batch_size"],
+                                                values.get("micro_threads", 1))
     if values.get("budget") is not None and "epochs" not in given and not args.resume:
         values["epochs"] = UNCAPPED  # with a budget and no --epochs, the clock alone ends the run
     values["progress"] = not args.no_progress
     values["out"] = out
     names = {f.name for f in fields(Config)}
     return Config(**{k: v for k, v in values.items() if k in names})
+
+
+def resolve_micro_batch(micro_batch, batch_size, threads):
+    """The micro-batch size in images (``PER_THREAD``: one micro-batch per thread)."""
+    return -(-batch_size // max(1, threads)) if micro_batch == PER_THREAD else micro_batch
 
 
 # ----------------------------------------------------------------------------------- pieces
@@ -180,9 +192,11 @@ def check_micro_batching(cfg: Config, model):
     if cfg.micro_batch < 0 or cfg.micro_threads < 1:
         raise SystemExit(f"error: --micro-batch must be >= 0 and --micro-threads >= 1; got {cfg.micro_batch} "
                          f"and {cfg.micro_threads}")
-    if cfg.micro_batch and uses_batch_statistics(model):
+    if cfg.micro_batch and uses_batch_statistics(model) and cfg.micro_batch * cfg.micro_threads < cfg.batch_size:
         raise SystemExit(f"error: --micro-batch {cfg.micro_batch}: {cfg.model} has BatchNorm layers, whose "
-                         f"statistics would then come from each micro-batch; use --micro-batch 0")
+                         f"statistics come from the whole batch only when its micro-batches all run at "
+                         f"once ({cfg.micro_threads} x {cfg.micro_batch} < batch {cfg.batch_size}); use "
+                         f"--micro-batch {-(-cfg.batch_size // cfg.micro_threads)} or 0")
 
 
 def _loss_and_logits(model, x, y, label_smoothing):
@@ -248,6 +262,7 @@ def run(cfg: Config, log=print, command=None):
     train_loader, test_loader = load_data(cfg)
     model = build_model(cfg, train_loader.dataset.images.shape[1:])
     check_micro_batching(cfg, model)
+    sync_batch_norm = uses_batch_statistics(model)  # its micro-batches are shards of one batch
     optimizer = build_optimizer(cfg, model)
     params = list(model.parameters())
     schedule = build_schedule(cfg, optimizer, len(train_loader))
@@ -287,7 +302,7 @@ def run(cfg: Config, log=print, command=None):
             if cfg.micro_batch:
                 loss, logits = tc.parallel.accumulate_gradients(
                     lambda xb, yb: _loss_and_logits(model, xb, yb, cfg.label_smoothing), (x, y), params,
-                    cfg.micro_batch, cfg.micro_threads)
+                    cfg.micro_batch, cfg.micro_threads, sync_batch_norm=sync_batch_norm)
             else:
                 loss, logits = _loss_and_logits(model, x, y, cfg.label_smoothing)
                 loss.backward()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import string
 
-from ..backend import array_module, is_floating, parallel_ranges
+from ..backend import array_module, current_shard, is_floating, parallel_ranges
 from . import Op, register
 
 
@@ -38,7 +38,12 @@ class BatchNorm(Op):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, with the mean and the (biased)
     variance of each channel (axis 1) over the batch and every other axis. When
     ``running_mean``/``running_var`` are given they are updated in place with ``momentum``
-    (the unbiased variance, as in PyTorch)."""
+    (the unbiased variance, as in PyTorch).
+
+    Run as one shard of a batch that several threads split (``tinygrad_cnn.parallel``,
+    ``sync_batch_norm=True``), it normalises with the whole batch's statistics, gathered
+    from every shard, and its VJP with the whole batch's sums, so each shard gets exactly
+    its part of the full batch's gradient (PyTorch's SyncBatchNorm, for threads)."""
 
     name = "batch_norm"
 
@@ -53,35 +58,46 @@ class BatchNorm(Op):
             if a is not None and a.shape != (c,):
                 raise ValueError(f"batch_norm: {what} must have shape ({c},) for input of shape {x.shape}; "
                                  f"got {a.shape}")
-        count = x.size // c
-        if count < 2:
-            raise ValueError(f"batch_norm: needs more than one value per channel in training; got input "
-                             f"of shape {x.shape}")
         xp = array_module(x)
         axes, shape = _channel_axes(x)
         mean, var = xp.empty(c, dtype=x.dtype), xp.empty(c, dtype=x.dtype)
         inv_std = xp.empty(c, dtype=x.dtype)
         x_hat, out = xp.empty_like(x), xp.empty_like(x)  # the input's layout, e.g. channel-major
+        shard = current_shard()
+        count = local = x.size // c  # values per channel: the batch's, and this array's
 
-        def normalise(lo, hi):
-            for ch in _blocks(lo, hi, count):
-                xb, hb, ob = x[:, ch], x_hat[:, ch], out[:, ch]
-                mean[ch] = xb.mean(axis=axes)
-                xp.subtract(xb, mean[ch].reshape(shape), out=hb)
-                var[ch] = _channel_dot(xp, hb, hb) / count
-                inv_std[ch] = 1 / xp.sqrt(var[ch] + eps)
-                hb *= inv_std[ch].reshape(shape)
-                xp.multiply(hb, weight[ch].reshape(shape), out=ob)
-                ob += bias[ch].reshape(shape)
+        def centre(ch):  # x_hat = x - mean; var, over this array's values
+            xb, hb = x[:, ch], x_hat[:, ch]
+            mean[ch] = xb.mean(axis=axes)
+            xp.subtract(xb, mean[ch].reshape(shape), out=hb)
+            var[ch] = _channel_dot(xp, hb, hb) / local
 
-        parallel_ranges(c, normalise, 6 * x.size)
-        if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean
-        if running_var is not None:
-            running_var *= 1 - momentum
-            running_var += momentum * var * (count / (count - 1))
+        def recentre(ch):  # x_hat = x - the whole batch's mean
+            xp.subtract(x[:, ch], mean[ch].reshape(shape), out=x_hat[:, ch])
+
+        def scale(ch):  # x_hat /= std; out = x_hat * weight + bias
+            hb, ob = x_hat[:, ch], out[:, ch]
+            inv_std[ch] = 1 / xp.sqrt(var[ch] + eps)
+            hb *= inv_std[ch].reshape(shape)
+            xp.multiply(hb, weight[ch].reshape(shape), out=ob)
+            ob += bias[ch].reshape(shape)
+
+        if shard is None:
+            _check_count(count, x.shape)
+            _in_blocks(c, local, 6 * x.size, centre, scale)
+        else:  # this shard's statistics, then the whole batch's, combined from every shard's
+            _in_blocks(c, local, 3 * x.size, centre)
+            count = _whole_batch_statistics(shard, local, mean, var, x.shape)
+            _in_blocks(c, local, 4 * x.size, recentre, scale)
+        if shard is None or shard[1] == 0:  # the running statistics move once per batch
+            if running_mean is not None:
+                running_mean *= 1 - momentum
+                running_mean += momentum * mean
+            if running_var is not None:
+                running_var *= 1 - momentum
+                running_var += momentum * var * (count / (count - 1))
         self.save(x_hat, inv_std, weight)
+        self.count = count  # values per channel in the whole batch
         return out
 
     def backward(self, g):
@@ -89,26 +105,74 @@ class BatchNorm(Op):
         xp = array_module(g)
         axes, shape = _channel_axes(g)
         c = g.shape[1]
-        count = g.size // c
+        local_count, count = g.size // c, self.count
         g_bias, g_weight = xp.empty(c, dtype=g.dtype), xp.empty(c, dtype=g.dtype)
         g_x = xp.empty_like(x_hat) if self.needs_input_grad[0] else None
+        shard = current_shard()
+        sum_bias, sum_weight = g_bias, g_weight  # the whole batch's sums (this array's, unsharded)
 
-        def route(lo, hi):
-            for ch in _blocks(lo, hi, count):
-                gb, hb = g[:, ch], x_hat[:, ch]
-                g_bias[ch] = gb.sum(axis=axes)
-                g_weight[ch] = _channel_dot(xp, gb, hb)
-                if g_x is not None:
-                    # d/dx of the normalised value: remove the parts of g along 1 and along
-                    # x_hat, then scale: weight * inv_std * (g - x_hat * g_w / n - g_b / n)
-                    gxb = g_x[:, ch]
-                    xp.multiply(hb, (g_weight[ch] / count).reshape(shape), out=gxb)
-                    gxb += (g_bias[ch] / count).reshape(shape)
-                    xp.subtract(gb, gxb, out=gxb)
-                    gxb *= (weight[ch] * inv_std[ch]).reshape(shape)
+        def sums(ch):
+            gb, hb = g[:, ch], x_hat[:, ch]
+            g_bias[ch] = gb.sum(axis=axes)
+            g_weight[ch] = _channel_dot(xp, gb, hb)
 
-        parallel_ranges(c, route, 6 * g.size)
-        return g_x, g_weight, g_bias
+        def route(ch):
+            # d/dx of the normalised value: remove the parts of g along 1 and along x_hat,
+            # then scale: weight * inv_std * (g - x_hat * g_w / n - g_b / n), n over the batch
+            gb, hb, gxb = g[:, ch], x_hat[:, ch], g_x[:, ch]
+            xp.multiply(hb, (sum_weight[ch] / count).reshape(shape), out=gxb)
+            gxb += (sum_bias[ch] / count).reshape(shape)
+            xp.subtract(gb, gxb, out=gxb)
+            gxb *= (weight[ch] * inv_std[ch]).reshape(shape)
+
+        if shard is None:
+            _in_blocks(c, local_count, 6 * g.size, *((sums, route) if g_x is not None else (sums,)))
+        else:  # the whole batch's sums, from every shard's, before any shard routes g
+            _in_blocks(c, local_count, 2 * g.size, sums)
+            group, rank = shard
+            parts = group.gather(rank, f"batch_norm backward of {g.shape[1:]}", (g_bias.copy(), g_weight.copy()))
+            sum_bias, sum_weight = _add_in_order(p[0] for p in parts), _add_in_order(p[1] for p in parts)
+            if g_x is not None:
+                _in_blocks(c, local_count, 4 * g.size, route)
+        return g_x, g_weight, g_bias  # this shard's share of the weight and bias gradients
+
+
+def _in_blocks(c, per_channel, work, *steps):
+    """Run each of ``steps`` on every block of channels in turn (a block stays in cache
+    between steps), the blocks split over threads when ``work`` is large."""
+    def run(lo, hi):
+        for ch in _blocks(lo, hi, per_channel):
+            for step in steps:
+                step(ch)
+
+    parallel_ranges(c, run, work)
+
+
+def _check_count(count, shape):
+    if count < 2:
+        raise ValueError(f"batch_norm: needs more than one value per channel in training; got input "
+                         f"of shape {shape}")
+
+
+def _whole_batch_statistics(shard, count, mean, var, shape):
+    """Replace this shard's per-channel ``mean`` and ``var`` (in place) by the whole batch's,
+    combined from every shard's count, mean and variance (Chan et al.'s pairwise formula, in
+    shard order); returns the batch's count per channel."""
+    group, rank = shard
+    # copies: the other shards read these while this one overwrites mean and var below
+    parts = group.gather(rank, f"batch_norm forward of {shape[1:]}", (count, mean.copy(), var.copy()))
+    total = sum(n for n, _, _ in parts)
+    _check_count(total, f"{shape} (one of {group.size} shards)")
+    mean[...] = _add_in_order(m * (n / total) for n, m, _ in parts)
+    var[...] = _add_in_order((v + (m - mean) ** 2) * (n / total) for n, m, v in parts)
+    return total
+
+
+def _add_in_order(arrays):
+    total = None
+    for a in arrays:
+        total = a.copy() if total is None else total + a
+    return total
 
 
 _CHUNK = 1 << 20  # elements per block of channels: enough work per call that numpy's overhead is small
