@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from train import cifar10
-from train.plots import plot_curves
+from train.plots import epoch_positions, plot_curves
 from tinygrad_cnn.io import atomic_write
 
 # The seed project's published figures (its README): 90 epochs of plain gradient descent at
@@ -72,11 +72,33 @@ def target_lines(runs):
     return lines
 
 
+class RunError(Exception):
+    """A run directory that is not a finished ``train.cifar10`` run."""
+
+
 def read_run(directory):
+    """``(summary, history)`` of a finished run: its ``summary.json`` and the records of
+    ``metrics.jsonl``, one per epoch."""
     directory = Path(directory)
-    summary = json.loads((directory / "summary.json").read_text())
-    history = [json.loads(line) for line in (directory / cifar10.METRICS).read_text().splitlines() if line.strip()]
+    files = {name: directory / name for name in ("summary.json", cifar10.METRICS)}
+    for path in files.values():
+        if not path.is_file():
+            raise RunError(f"train.compare: {directory} is not a finished run: {path.name} is missing")
+    try:
+        summary = json.loads(files["summary.json"].read_text())
+        history = [json.loads(line) for line in files[cifar10.METRICS].read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"train.compare: {directory} has a corrupt summary.json or {cifar10.METRICS}: {e}") from None
+    if not history:
+        raise RunError(f"train.compare: {directory}/{cifar10.METRICS} has no epochs")
     return summary, history
+
+
+def epochs_run(history):
+    """Epochs trained, as the table shows them: 24.2 for a run its budget stopped inside
+    its 25th epoch."""
+    done = epoch_positions(history)[-1]
+    return f"{done:.0f}" if abs(done - round(done)) < 0.05 else f"{done:.1f}"
 
 
 def pct(v):
@@ -102,7 +124,7 @@ def write_report(runs, path, plot_path):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, s, history in runs:
-        lines.append(f"| {label} | {s['config']['seed']} | {s['epochs']} | {pct(s['train_acc'])} | **{pct(s['test_acc'])}** | "
+        lines.append(f"| {label} | {s['config']['seed']} | {epochs_run(history)} | {pct(s['train_acc'])} | **{pct(s['test_acc'])}** | "
                      f"{num(s['train_loss'])} | {num(s['test_loss'])} | {s['wall_time']:.0f} s | "
                      f"{s['parameters']:,} | `{s.get('command', '')}` |")
     for r in SEED_REFERENCE:
@@ -114,9 +136,33 @@ def write_report(runs, path, plot_path):
     lines += ["## Per-epoch test accuracy", ""]
     for label, _, history in runs:
         accs = ", ".join(f"{100 * r['test_acc']:.1f}" for r in history)
-        lines.append(f"- {label}: {accs} (%, epochs 1..{len(history)}; wall {history[-1]['wall_time']:.0f} s)")
+        cut = history[-1].get("images", 0) < history[0].get("images", 0)
+        last = f", the last cut short by the budget after {history[-1]['images']:,} images" if cut else ""
+        lines.append(f"- {label}: {accs} (%, epochs 1..{len(history)}{last}; wall {history[-1]['wall_time']:.0f} s)")
     text = "\n".join(lines) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def collect_runs(args, out):
+    """Run (unless ``--report-only``) and read the budget runs, then the ``--extra`` ones:
+    ``[(label, summary, history)]``; None when a training run failed."""
+    runs = []
+    for name in ("seed_cnn", "fc"):
+        run_dir = out / name
+        if not args.report_only:
+            argv_run = ["--model", name, "--budget", str(args.budget), "--seed", str(args.seed),
+                        "--out", str(run_dir), "--no-progress"]
+            if args.data:
+                argv_run += ["--data", args.data]
+            if cifar10.main(argv_run) != 0:
+                return None
+        if (run_dir / "summary.json").exists():
+            s, h = read_run(run_dir)
+            runs.append((f"{name} ({args.budget:.0f} s budget)", s, h))
+    for d in args.extra:
+        s, h = read_run(d)
+        runs.append((f"{s['model']} ({Path(d).name})", s, h))
+    return runs
 
 
 def main(argv=None):
@@ -130,22 +176,13 @@ def main(argv=None):
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from existing runs")
     args = p.parse_args(argv)
     out = Path(args.out)
-    runs = []
-    for name in ("seed_cnn", "fc"):
-        run_dir = out / name
-        if not args.report_only:
-            argv_run = ["--model", name, "--budget", str(args.budget), "--seed", str(args.seed),
-                        "--out", str(run_dir), "--no-progress"]
-            if args.data:
-                argv_run += ["--data", args.data]
-            if cifar10.main(argv_run) != 0:
-                return 2
-        if (run_dir / "summary.json").exists():
-            s, h = read_run(run_dir)
-            runs.append((f"{name} ({args.budget:.0f} s budget)", s, h))
-    for d in args.extra:
-        s, h = read_run(d)
-        runs.append((f"{s['model']} ({Path(d).name})", s, h))
+    try:
+        runs = collect_runs(args, out)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if runs is None:
+        return 2
     if not runs:
         print("error: no finished runs to report", file=sys.stderr)
         return 2

@@ -10,12 +10,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tinygrad_cnn.io import atomic_write  # noqa: E402
 
 
+def epoch_positions(history):
+    """Where each record falls in epochs: the images trained so far over the first epoch's
+    (a run stopped by its wall-clock budget ends inside its last epoch, e.g. at 24.2).
+    Records without an image count fall at their epoch number."""
+    if not all("images" in r for r in history):
+        return [r["epoch"] for r in history]
+    seen, full, positions = 0, history[0]["images"], []
+    for r in history:
+        seen += r["images"]
+        positions.append(seen / full)
+    return positions
+
+
 def plot_curves(runs: dict, path, title=None):
     """``runs``: {label: list of per-epoch metric dicts}. Writes a PNG atomically."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (label, history) in enumerate(runs.items()):
         color = f"C{i}"
-        epochs = [r["epoch"] for r in history]
+        epochs = epoch_positions(history)
         ax_acc.plot(epochs, [100 * r["test_acc"] for r in history], "-o", color=color, ms=3, label=f"{label} test")
         ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], "--", color=color, label=f"{label} train")
         ax_loss.plot(epochs, [r["test_loss"] for r in history], "-o", color=color, ms=3, label=f"{label} test")
