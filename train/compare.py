@@ -136,7 +136,7 @@ def write_report(runs, path, plot_path):
     lines += ["## Per-epoch test accuracy", ""]
     for label, _, history in runs:
         accs = ", ".join(f"{100 * r['test_acc']:.1f}" for r in history)
-        cut = history[-1].get("images", 0) < history[0].get("images", 0)
+        cut = epoch_positions(history)[-1] < len(history) - 1e-9  # the last epoch saw fewer images
         last = f", the last cut short by the budget after {history[-1]['images']:,} images" if cut else ""
         lines.append(f"- {label}: {accs} (%, epochs 1..{len(history)}{last}; wall {history[-1]['wall_time']:.0f} s)")
     text = "\n".join(lines) + "\n"
