@@ -100,12 +100,12 @@ def torch_twin(name, model, x, y, threads):
 
 
 def matmul_shapes(step):
-    """The (a, b) shapes of every matmul one training step runs, read off the graph."""
+    """The (a, b) shapes and layouts (strides) of every matmul one training step runs, read off the graph."""
     shapes = []
     orig = Matmul.forward
 
     def spy(self, a, b):
-        shapes.append((a.shape, b.shape, a.dtype, self.needs_input_grad))
+        shapes.append(((a.shape, a.strides), (b.shape, b.strides), a.dtype, self.needs_input_grad))
         return orig(self, a, b)
 
     Matmul.forward = spy
@@ -116,13 +116,22 @@ def matmul_shapes(step):
     return shapes
 
 
+def ones_like_layout(shape, strides, dtype):
+    """An array of ones with the given shape and memory layout (strides, e.g. padded rows)."""
+    itemsize = np.dtype(dtype).itemsize
+    if any(s < 0 for s in strides):
+        return np.ones(shape, dtype)
+    span = 1 + sum((n - 1) * s for n, s in zip(shape, strides)) // itemsize if all(shape) else 0
+    return np.lib.stride_tricks.as_strided(np.ones(span, dtype), shape, strides)
+
+
 def gemm_lower_bound(shapes, repeats=5):
     """Seconds for the step's GEMMs alone: each forward product and the VJP products the step
     needs (none for an input that requires no gradient), in the orientation the Matmul op
-    computes them (``ops.linalg.product``)."""
+    computes them (``ops.linalg.product``), on operands laid out as the step's were."""
     work = []
-    for sa, sb, dtype, needs in shapes:
-        a, b = np.ones(sa, dtype), np.ones(sb, dtype)
+    for (sa, stride_a), (sb, stride_b), dtype, needs in shapes:
+        a, b = ones_like_layout(sa, stride_a, dtype), ones_like_layout(sb, stride_b, dtype)
         g = np.ones(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), dtype)
         work.append((a, b, g, needs))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import array_module, empty_matrix
 from . import Op, register
 
 
@@ -27,7 +28,8 @@ def _swap(m):
 
 
 def _transposed(m):
-    return m.flags.f_contiguous and not m.flags.c_contiguous
+    """True for a matrix stored column by column (e.g. ``cols.T``), padded rows or not."""
+    return m.ndim == 2 and m.strides[0] == m.itemsize and m.strides[1] != m.itemsize and m.shape[1] > 1
 
 
 def product(a, b):
@@ -48,8 +50,12 @@ def _mm(a, b):
     batch 250) would stop every other Python thread for its whole run; ``dot`` releases it
     for 2-d operands whatever their size (after zero-filling its result, which is why
     large results still go to matmul)."""
-    if a.ndim == 2 and b.ndim == 2 and a.shape[0] * b.shape[1] <= _SMALL_RESULT:
-        return a.dot(b)
+    if a.ndim == 2 and b.ndim == 2:
+        if a.shape[0] * b.shape[1] <= _SMALL_RESULT:
+            return a.dot(b)
+        if a.dtype == b.dtype:  # a large result: rows laid out for the next GEMM (see empty_matrix)
+            xp = array_module(a, b)
+            return xp.matmul(a, b, out=empty_matrix(xp, a.shape[0], b.shape[1], a.dtype))
     return a @ b
 
 

@@ -28,9 +28,10 @@ def _channel_dot(xp, a, b):
 
 
 def _rows(a):
-    """(N, C, ...) as a (C, values) view when each channel is one contiguous run, else None."""
+    """(N, C, ...) as a (C, values) view when each channel is one contiguous run (the
+    channels themselves may lie apart, as in a GEMM's padded rows), else None."""
     t = a.swapaxes(0, 1)
-    return t.reshape(t.shape[0], -1) if t.flags.c_contiguous else None
+    return t.reshape(t.shape[0], -1) if t.shape[0] and t[0].flags.c_contiguous else None
 
 
 @register
