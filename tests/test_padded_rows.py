@@ -26,7 +26,7 @@ def pad_everything(monkeypatch):
 
 @pytest.mark.parametrize("rows,cols,dtype,padded", [
     (64, 4096, np.float32, True),     # 16 KiB rows, 1 MiB in all
-    (32, 4096, np.float64, True),     # 32 KiB rows
+    (32, 4096, np.float64, False),    # float64 products gained nothing from padding
     (64, 4000, np.float32, False),    # rows not a multiple of 4 KiB
     (4, 1024, np.float32, False),     # 16 KiB in all: sits in cache
     (1, 1 << 20, np.float32, False),  # one row: nothing to collide with
@@ -71,8 +71,8 @@ def _conv_net_grads(x, params):
 
 def test_a_conv_net_on_padded_rows_matches_contiguous(monkeypatch):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 3, 32, 32))  # rows of 2 x 32 x 32 and (pooled) 2 x 16 x 16 float64 pixels
-    params = [rng.standard_normal(s) for s in ((8, 3, 3, 3), (8,), (8,), (8,), (4, 8, 3, 3))]
+    x = rng.standard_normal((4, 3, 32, 32), dtype=np.float32)  # rows of 4 x 32 x 32, then 4 x 16 x 16 pixels
+    params = [rng.standard_normal(s, dtype=np.float32) for s in ((8, 3, 3, 3), (8,), (8,), (8,), (4, 8, 3, 3))]
     plain = _conv_net_grads(x, params)
     monkeypatch.setattr(backend, "_MIN_PADDED_BYTES", 0)
     monkeypatch.setattr(conv_ops, "_MANY_ROWS", 0)
@@ -81,8 +81,8 @@ def test_a_conv_net_on_padded_rows_matches_contiguous(monkeypatch):
     monkeypatch.setattr(conv_ops, "im2col_array", lambda *a, **k: seen.append(orig(*a, **k)) or seen[-1])
     padded = _conv_net_grads(x, params)
     assert len(seen) == 2 and all(_padded(c) for c in seen), "a convolution's columns were not padded"
-    for got, want in zip(padded, plain):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for got, want in zip(padded, plain):  # float32, and BLAS may block a padded product differently
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (2, 2, 0), (3, 2, 1)])
@@ -90,12 +90,12 @@ def test_col2im_reads_padded_columns(pad_everything, kernel, stride, padding):
     shape = (2, 3, 16, 32)
     _, _, _, (ho, wo) = conv_ops.window_geometry("test", shape, kernel, stride, padding)
     rows, n = shape[1] * kernel * kernel, shape[0] * ho * wo
-    cols = backend.empty_matrix(np, rows, n, np.float64)
-    cols[...] = np.random.default_rng(2).standard_normal((rows, n))
+    cols = backend.empty_matrix(np, rows, n, np.float32)
+    cols[...] = np.random.default_rng(2).standard_normal((rows, n), dtype=np.float32)
     geometry = conv_ops.window_geometry("test", shape, kernel, stride, padding)
     got = conv_ops.col2im_array(cols, shape, *geometry)
     want = conv_ops.col2im_array(np.ascontiguousarray(cols), shape, *geometry)
-    assert _padded(cols) == (n * 8 % 4096 == 0)
+    assert _padded(cols) == (n * 4 % 4096 == 0)
     np.testing.assert_array_equal(got, want)
 
 

@@ -69,11 +69,14 @@ def empty_matrix(xp, rows: int, cols: int, dtype):
     puts every row on the same cache sets, and the BLAS kernels, which touch several rows at
     once, evict their own data: OpenBLAS ran FastCNN's products 10-30% slower on such rows
     than on rows one cache line longer. Such a matrix is returned as the leading ``cols``
-    columns of a buffer one cache line wider (a strided view; every numpy and BLAS call
-    accepts it); any other is a plain contiguous array."""
+    columns of a buffer one cache line wider: a strided view, which numpy's ``matmul`` hands
+    to BLAS as it is (``dot`` copies it first). Any other matrix is a plain contiguous array:
+    float64 ones too (SeedCNN's float64 products ran no faster padded, its input gradient
+    7% slower), and those of another array module (CuPy; only CPU caches were measured)."""
     itemsize = np.dtype(dtype).itemsize
     row_bytes = cols * itemsize
-    if rows > 1 and row_bytes % _ALIAS_BYTES == 0 and rows * row_bytes >= _MIN_PADDED_BYTES:
+    if (xp is np and np.dtype(dtype) == np.float32 and rows > 1 and row_bytes % _ALIAS_BYTES == 0
+            and rows * row_bytes >= _MIN_PADDED_BYTES):
         return xp.empty((rows, cols + _LINE_BYTES // itemsize), dtype=dtype)[:, :cols]
     return xp.empty((rows, cols), dtype=dtype)
 
