@@ -59,13 +59,14 @@ def reuse_freed_memory(limit_bytes: int = 1 << 30) -> bool:
 
 _ALIAS_BYTES = 4096  # rows this many bytes apart (or a multiple) share the same L1 cache sets
 _LINE_BYTES = 64  # one cache line: the padding that breaks the pattern
+_MIN_PADDED_BYTES = 1 << 20  # smaller matrices sit in cache whatever their rows
 
 
 def empty_matrix(xp, rows: int, cols: int, dtype):
     """An uninitialised (rows, cols) matrix for a large GEMM operand or result, whose rows do
     not start a multiple of 4 KiB apart.
 
-    A row of 1024, 16,384 or 65,536 float32 values (a convolution's pixels over a batch of 64)
+    A row of 4,096, 16,384 or 65,536 float32 values (a convolution's pixels over a batch of 64)
     puts every row on the same cache sets, and the BLAS kernels, which touch several rows at
     once, evict their own data: OpenBLAS ran FastCNN's products 10-30% slower on such rows
     than on rows one cache line longer. Such a matrix is returned as the leading ``cols``
@@ -80,8 +81,6 @@ def empty_matrix(xp, rows: int, cols: int, dtype):
         return xp.empty((rows, cols + _LINE_BYTES // itemsize), dtype=dtype)[:, :cols]
     return xp.empty((rows, cols), dtype=dtype)
 
-
-_MIN_PADDED_BYTES = 1 << 20  # smaller matrices sit in cache whatever their rows
 
 # ------------------------------------------------------------------ threads for memory-bound ops
 
