@@ -196,7 +196,7 @@ def check_micro_batching(cfg: Config, model):
         raise SystemExit(f"error: --micro-batch {cfg.micro_batch}: {cfg.model} has BatchNorm layers, whose "
                          f"statistics come from the whole batch only when its micro-batches all run at "
                          f"once ({cfg.micro_threads} x {cfg.micro_batch} < batch {cfg.batch_size}); use "
-                         f"--micro-batch {-(-cfg.batch_size // cfg.micro_threads)} or 0")
+                         f"--micro-batch {resolve_micro_batch(PER_THREAD, cfg.batch_size, cfg.micro_threads)} or 0")
 
 
 def _loss_and_logits(model, x, y, label_smoothing):
