@@ -9,8 +9,12 @@ each gradient back to its input's shape (broadcasting), and accumulates into lea
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import operator
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -50,14 +54,44 @@ class _GradMode:
         return False
 
     def __call__(self, fn):
-        import functools
+        mode = self.__class__
+        if inspect.isgeneratorfunction(fn):  # the mode covers the body, between every resumption
+            @functools.wraps(fn)
+            def generator(*args, **kwargs):
+                gen = fn(*args, **kwargs)
+                with mode():
+                    value = next(gen, _DONE)
+                while value is not _DONE:
+                    try:
+                        sent = yield value
+                    except GeneratorExit:
+                        with mode():
+                            gen.close()
+                        raise
+                    except BaseException as e:
+                        with mode():
+                            value = _resume(gen.throw, e)
+                    else:
+                        with mode():
+                            value = _resume(gen.send, sent)
+            return generator
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with self.__class__():
+            with mode():
                 return fn(*args, **kwargs)
 
         return wrapper
+
+
+_DONE = object()
+
+
+def _resume(step, value):
+    try:
+        return step(value)
+    except StopIteration:
+        return _DONE
 
 
 class no_grad(_GradMode):
@@ -95,19 +129,27 @@ def scope(owner):
 
 
 class Op:
-    """A primitive: its forward on arrays and its VJP, side by side.
+    """A primitive: its forward on arrays and its VJP in Tensor code, side by side.
 
-    Subclasses set ``name`` and write ``forward(self, *arrays, **params) -> array`` and
-    ``backward(self, grad) -> grad or tuple of grads`` (one per input, ``None`` where an
-    input needs none). Arrays the VJP needs go through ``self.save(...)`` so that the
-    engine can free them after backward. VJPs must not modify ``grad`` in place, and may
-    return gradients of a broadcast shape: the engine sums them back to the input's shape.
-    One instance is one node of the graph.
+    Subclasses set ``name`` and write
+
+    - ``forward(self, *arrays, **params)``: the result as an array (or a tuple of arrays for
+      an op with several outputs), usually one call into ``tinygrad_cnn.kernels``;
+    - ``backward(self, *grads)``: one gradient per input, as Tensors built from registered
+      primitives (``None`` where an input needs none), given one gradient Tensor per output.
+
+    A VJP reads the op's inputs as ``self.parents`` and its output as ``self.output``
+    (Tensors, so the VJP is itself differentiable), its keyword arguments as ``self.params``,
+    and whatever else it needs from ``self.saved``: arrays that are not functions of the
+    inputs in any differentiable sense (the winners of a max, a mask), kept through
+    ``self.save(...)`` only while recording. VJPs may return gradients of a broadcast shape:
+    the engine sums them back to the input's shape. One instance is one node of the graph.
     """
 
     name = "op"
 
-    __slots__ = ("params", "parents", "needs_input_grad", "saved", "scope", "freed", "_record")
+    __slots__ = ("params", "parents", "needs_input_grad", "saved", "scope", "freed", "_record",
+                 "_outputs", "_versions", "__dict__", "__weakref__")
 
     @classmethod
     def apply(cls, *inputs, **params):
@@ -128,11 +170,26 @@ class Op:
             t0 = time.perf_counter()
             data = op.forward(*(t.data for t in tensors), **params)
             _profiler.record(cls.name, "forward", time.perf_counter() - t0)
-        out = Tensor._wrap(data, record)
+        if isinstance(data, tuple):
+            outs = tuple(Tensor._wrap(d, record) for d in data)
+            op.out_meta = tuple((d.shape, d.dtype) for d in data)
+        else:
+            outs = (Tensor._wrap(data, record),)
         if record:
             op.parents = tensors
             op.scope = current_scope()
-            out._ctx = op
+            op._outputs = tuple(weakref.ref(o) for o in outs)  # weak: an output owns its node
+            for o in outs:
+                o._ctx = op
+            _locks.lock(op, outs)
+        return outs if isinstance(data, tuple) else outs[0]
+
+    @property
+    def output(self):
+        """The output Tensor (of a one-output op), for VJPs such as exp's ``g * out``."""
+        out = self._outputs[0]()
+        if out is None:  # pragma: no cover - backward reaches a node only through a live output
+            raise RuntimeError(f"{self.name}: its output no longer exists")
         return out
 
     def save(self, *arrays):
@@ -141,19 +198,141 @@ class Op:
             self.saved = arrays
 
     def release(self):
-        """Drop the saved arrays; a later backward through this node raises."""
+        """Drop the saved arrays and unlock the inputs; a later backward through this node raises."""
         self.saved = None
         self.freed = True
+        _locks.unlock(self)
+
+    def label(self) -> str:
+        """What a graph drawing prints under the op's name: its key arguments, compactly.
+        Ops override this where a plain ``key=value`` list would be long or cryptic."""
+        return " ".join(f"{k}={_short(v)}" for k, v in self.params.items())
 
     def forward(self, *arrays, **params):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, grad):  # pragma: no cover - abstract
+    def backward(self, *grads):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def __del__(self):
+        _locks.unlock(self)  # a graph dropped without backward: its arrays become writable again
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{self.name}({args})"
+
+
+def _short(v) -> str:
+    """A parameter value for a label: arrays as dtype[shape], floats without noise."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        return f"{np.dtype(v.dtype).name}[{'x'.join(str(n) for n in v.shape)}]"
+    if isinstance(v, (tuple, list)):
+        return "(" + ",".join(_short(x) for x in v) + ")"
+    if isinstance(v, (np.dtype, type)):
+        try:
+            return np.dtype(v).name
+        except TypeError:
+            return str(v)
+    return str(v)
+
+
+class _Locks:
+    """Read-only locks on the arrays a live graph will read again in backward.
+
+    numpy shares memory freely (``Tensor(a)`` keeps ``a``; ``detach()`` and ``.data`` hand out
+    the same array), so writing into an array that a recorded op's VJP reads would silently
+    change the gradient. While a node is recorded and not yet released, its inputs' and
+    outputs' arrays are marked non-writeable (counted per array; the last release, by
+    backward or by the node being freed, lifts it). A write through numpy then fails at once
+    (``ValueError: assignment destination is read-only``). The framework's own in-place
+    writes (an optimizer's step) go through ``writing(array, who)``, which lets the write
+    happen and bumps the array's version; backward then refuses, naming the op, to run a VJP
+    that recorded an older version (PyTorch's rule for in-place modification)."""
+
+    def __init__(self):
+        self._held = {}  # id(array) -> [array, holders, version, last writer]
+        self._stuck = []  # released views whose base is still locked
+        self._mutex = threading.Lock()
+
+    def lock(self, op, outputs):
+        versions = []
+        with self._mutex:
+            for a in [t.data for t in op.parents] + [o.data for o in outputs]:
+                entry = self._held.get(id(a))
+                if entry is not None and entry[0] is a:
+                    entry[1] += 1
+                elif isinstance(a, np.ndarray) and a.flags.writeable:
+                    a.flags.writeable = False
+                    entry = self._held[id(a)] = [a, 1, 0, None]
+                else:  # read-only already (a broadcast view, a lifted constant): nothing can change it
+                    entry = None
+                versions.append(None if entry is None else (entry, entry[2]))
+        op._versions = versions
+
+    def unlock(self, op):
+        versions = getattr(op, "_versions", None)
+        if not versions:
+            return
+        op._versions = None
+        with self._mutex:
+            for v in versions:
+                if v is None:
+                    continue
+                entry = v[0]
+                entry[1] -= 1
+                if entry[1] == 0 and self._held.get(id(entry[0])) is entry:
+                    del self._held[id(entry[0])]
+                    self._stuck.append(entry[0])
+            # a view can become writable only once the array it views is: retry until none is left
+            # that can be released (views whose base another live node still holds wait for it)
+            while self._stuck:
+                waiting = []
+                for a in self._stuck:
+                    try:
+                        a.flags.writeable = True
+                    except ValueError:
+                        waiting.append(a)
+                if len(waiting) == len(self._stuck):
+                    break
+                self._stuck = waiting
+
+    def check(self, op, caller):
+        """Raise if an array this node recorded was modified in place since (see ``writing``)."""
+        for k, v in enumerate(op._versions or ()):
+            if v is not None and v[0][2] != v[1]:
+                n_in = len(op.parents)
+                what = f"input {k}" if k < n_in else "output"
+                raise RuntimeError(
+                    f"{caller}: an array needed for gradient computation was modified in place: {what} "
+                    f"of '{op.name}' (shape {tuple(v[0][0].shape)}) was written by {v[0][3]} after the forward "
+                    f"pass recorded it. Call backward() before modifying it (e.g. before optimizer.step()), "
+                    f"or recompute the forward pass afterwards")
+
+    @contextmanager
+    def writing(self, array, who):
+        """Let the framework write into ``array`` even while a graph holds it, marking the
+        graph's nodes that read it as stale (their backward will raise, naming ``who``)."""
+        with self._mutex:
+            entry = self._held.get(id(array))
+            if entry is None or entry[0] is not array:
+                entry = None
+            else:
+                entry[2] += 1
+                entry[3] = who
+                array.flags.writeable = True
+        try:
+            yield array
+        finally:
+            if entry is not None:
+                with self._mutex:
+                    if self._held.get(id(array)) is entry:
+                        array.flags.writeable = False
+
+
+_locks = _Locks()
+writing = _locks.writing
 
 
 def _check_same_dtype(name, tensors):
@@ -167,21 +346,13 @@ def _check_same_dtype(name, tensors):
                     f"silently, so cast one first, e.g. x.astype({str(first)!r})")
 
 
-def sum_to_shape(grad, shape):
-    """Sum a broadcast gradient back to ``shape`` (the VJP of broadcasting)."""
-    if grad.shape == tuple(shape):
-        return grad
-    extra = grad.ndim - len(shape)
-    if extra < 0:
-        raise ValueError(f"cannot sum gradient of shape {grad.shape} to larger shape {tuple(shape)}")
-    axes = tuple(range(extra)) + tuple(
-        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1)
-    out = grad.sum(axis=axes, keepdims=True) if axes else grad
-    if extra:
-        out = out.reshape(out.shape[extra:])
-    if out.shape != tuple(shape):
-        raise ValueError(f"gradient of shape {grad.shape} does not broadcast to input shape {tuple(shape)}")
-    return out
+def reduced_axes(shape, target):
+    """The axes to sum a gradient of ``shape`` over to get ``target`` (broadcasting's VJP), and
+    how many leading axes to drop; raises ValueError where ``target`` does not broadcast to it."""
+    extra = len(shape) - len(target)
+    if extra < 0 or any(t not in (1, s) for s, t in zip(shape[extra:], target)):
+        raise ValueError(f"cannot sum gradient of shape {tuple(shape)} to shape {tuple(target)}")
+    return tuple(range(extra)) + tuple(extra + i for i, n in enumerate(target) if n == 1 and shape[extra + i] != 1)
 
 
 # ---------------------------------------------------------------------------------- Tensor
@@ -269,6 +440,10 @@ class Tensor:
         """The underlying ndarray (shared, not copied)."""
         return self.data
 
+    def __array__(self, dtype=None, copy=None):
+        """numpy sees the data (``np.asarray(t)``, ``np.testing`` on ``t.grad``)."""
+        return self.data if dtype is None else self.data.astype(dtype, copy=False)
+
     def item(self):
         if self.data.size != 1:
             raise ValueError(f"item: only a one-element tensor converts to a Python number; got shape {self.shape}")
@@ -319,14 +494,20 @@ class Tensor:
                         "for backward); build a new tensor, or assign into .data outside the graph")
 
     # --- backward ----------------------------------------------------------------------
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad=None, retain_graph=None, create_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires grad.
 
-        ``grad`` is the upstream gradient (required unless self has one element). The saved
-        arrays of the graph are freed afterwards unless ``retain_graph=True``.
+        ``grad`` is the upstream gradient (required unless self has one element). With
+        ``create_graph=True`` the gradients are recorded as a graph of their own, so ``.grad``
+        can be differentiated again; otherwise backward records nothing. The graph is freed
+        afterwards unless ``retain_graph`` (which defaults to ``create_graph``) is true.
         """
-        _backpropagate(self, grad, retain_graph, "backward", _accumulate,
-                       lambda t: t._ctx is None or t._retains_grad)
+        retain_graph = create_graph if retain_graph is None else retain_graph
+        targets = {}
+        _backpropagate([self], [grad], retain_graph, create_graph, "backward",
+                       lambda t: t._ctx is None or t._retains_grad, targets)
+        for t, g in targets.values():
+            _accumulate(t, g, create_graph)
 
     # --- operators: defined once below, from the primitives in ops/ ---------------------
     def _lift(self, other):
@@ -411,17 +592,36 @@ class Tensor:
         return _ops.Sum.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The mean over ``axis``; NaN over no elements, as numpy and PyTorch give."""
         axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
         total = self.sum(axis=axis, keepdims=keepdims)
-        return total * (total.numel() / max(self.numel(), 1))
+        count = self.numel() // max(total.numel(), 1) if total.numel() else 0
+        return total * (1.0 / count if count else float("nan"))
+
+    def sum_to_shape(self, shape):
+        """Sum over broadcast axes down to ``shape`` (the VJP of broadcasting to this shape)."""
+        shape = tuple(shape)
+        if self.shape == shape:
+            return self
+        try:
+            axes = reduced_axes(self.shape, shape)
+        except ValueError:
+            raise ValueError(f"sum_to_shape: a tensor of shape {self.shape} does not reduce to shape {shape} "
+                             f"(each axis of the target must equal the tensor's or be 1)") from None
+        return self.sum(axis=axes, keepdims=True).reshape(shape) if axes else self.reshape(shape)
+
+    def expand(self, *shape):
+        """A broadcast view to ``shape`` (PyTorch's ``expand``, numpy's ``broadcast_to``)."""
+        return _ops.Expand.apply(self, shape=_shape_arg(shape))
+
+    broadcast_to = expand
 
     def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
         return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
 
     def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return _ops.Reshape.apply(self, shape=tuple(int(s) for s in shape))
+        return _ops.Reshape.apply(self, shape=_shape_arg(shape, "reshape", allow_minus_one=True))
 
     view = reshape
 
@@ -479,6 +679,10 @@ class Tensor:
     def sqrt(self):
         return self ** 0.5
 
+    def relu_mask(self, where):
+        """This gradient kept where ``where`` (an array) is positive, zero elsewhere: ReLU's VJP."""
+        return _ops.ReluBackward.apply(self, where=where)
+
     def maximum(self, other):
         return _ops.Maximum.apply(self, self._lift(other))
 
@@ -508,125 +712,196 @@ def _unwrap_index(index):
     return index
 
 
-def _topological_order(root):
-    """Tensors that need a gradient, inputs before outputs; an explicit stack, no recursion."""
-    order, visited = [], set()
-    stack = [(root, False)]
-    while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        if t._ctx is not None:
-            for p in t._ctx.parents:
-                if p.requires_grad and id(p) not in visited:
-                    stack.append((p, False))
-    return order
+def _backpropagate(roots, grads, retain_graph, create_graph, caller, wanted, found):
+    """The reverse sweep: push ``grads`` from ``roots`` through the graph, each node after all
+    of its consumers, and put ``(tensor, total gradient)`` into ``found[id(tensor)]`` for every
+    tensor with ``wanted(tensor)``. Only nodes on a path to a wanted tensor run their VJP, and
+    only for the inputs on such a path. The VJPs record a graph only when ``create_graph``.
+    Frees each node that ran unless ``retain_graph``."""
+    pending = {}  # id(tensor) -> (tensor, gradient so far)
+
+    def add(t, g):
+        prev = pending.get(id(t))
+        pending[id(t)] = (t, g if prev is None else prev[1] + g)
+
+    for root, g in zip(roots, grads):
+        if not isinstance(root, Tensor):
+            raise TypeError(f"{caller}: outputs must be Tensors; got {type(root).__name__}")
+        if not root.requires_grad:
+            raise RuntimeError(f"{caller}: this tensor does not require grad and has no graph "
+                               "(did you create it under no_grad(), or forget requires_grad=True?)")
+        add(root, _seed_grad(caller, root, g))
+    order = _graph.nodes(roots)
+    useful = set()  # nodes from which a wanted tensor is reached going backwards
+    for op in order:  # producers first
+        if any(p.requires_grad and (wanted(p) or (p._ctx is not None and id(p._ctx) in useful))
+               for p in op.parents):
+            useful.add(id(op))
+    with (enable_grad() if create_graph else no_grad()):
+        for op in reversed(order):
+            outs = [r() for r in op._outputs]
+            out_grads = [None if o is None else pending.pop(id(o), (None, None))[1] for o in outs]
+            for o, g in zip(outs, out_grads):
+                if g is not None and wanted(o):
+                    found[id(o)] = (o, g)
+            if id(op) not in useful or all(g is None for g in out_grads):
+                continue
+            if op.freed:
+                raise RuntimeError(
+                    f"{caller}: the graph through '{op.name}' was already freed by an earlier backward(); "
+                    f"pass retain_graph=True to the first backward() to go through it twice")
+            _locks.check(op, caller)
+            if len(outs) > 1:  # an output nobody used gets zeros (only multi-output ops see this)
+                out_grads = [g if g is not None else Tensor._wrap(_zeros_like_output(op, k), False)
+                             for k, g in enumerate(out_grads)]
+            static = op.needs_input_grad
+            op.needs_input_grad = tuple(n and (wanted(p) or (p._ctx is not None and id(p._ctx) in useful))
+                                        for n, p in zip(static, op.parents))
+            t0 = None if _profiler is None else time.perf_counter()
+            try:
+                in_grads = op.backward(*out_grads)
+                if not isinstance(in_grads, tuple):
+                    in_grads = (in_grads,)
+                for i, (parent, need, pg) in enumerate(zip(op.parents, op.needs_input_grad, in_grads)):
+                    if need and pg is not None:
+                        add(parent, _fit_grad(op, i, parent, pg))
+            finally:
+                op.needs_input_grad = static
+            if t0 is not None:  # the VJP plus summing its gradients to shape and into place
+                _profiler.record(op.name, "backward", time.perf_counter() - t0)
+            if not retain_graph:
+                op.release()
+    for key, (t, g) in pending.items():  # leaves (and roots that are leaves) with their totals
+        if wanted(t):
+            found[key] = (t, g)
 
 
-def _backpropagate(root, grad, retain_graph, caller, deliver, wants):
-    """The reverse sweep: push ``grad`` from ``root`` through the graph in reverse topological
-    order, calling ``deliver(tensor, total_gradient)`` for every tensor with ``wants(tensor)``.
-    Frees the saved arrays unless ``retain_graph``."""
-    if not root.requires_grad:
-        raise RuntimeError(f"{caller}: this tensor does not require grad and has no graph "
-                           "(did you create it under no_grad(), or forget requires_grad=True?)")
+def _seed_grad(caller, root, grad):
+    """The upstream gradient of a root as a Tensor of its shape and dtype."""
     xp = array_module(root.data)
     if grad is None:
         if root.data.size != 1:
             raise RuntimeError(f"{caller}: grad can be implied only for a one-element output; this "
                                f"output has shape {root.shape}, so pass grad= of that shape")
-        grad = xp.ones_like(root.data)
-    else:
-        grad = grad.data if isinstance(grad, Tensor) else grad
-        grad = xp.asarray(grad, dtype=root.dtype)
-        if grad.shape != root.shape:
-            raise ValueError(f"{caller}: grad has shape {grad.shape}, expected the output's shape {root.shape}")
-    grads = {id(root): grad}
-    for t in reversed(_topological_order(root)):
-        g = grads.pop(id(t), None)
-        if g is None:
-            continue
-        op = t._ctx
-        if wants(t):
-            deliver(t, g)
-        if op is None:
-            continue
-        if op.freed:
-            raise RuntimeError(
-                f"{caller}: the graph through '{op.name}' was already freed by an earlier backward(); "
-                f"pass retain_graph=True to the first backward() to go through it twice")
-        t0 = None if _profiler is None else time.perf_counter()
-        in_grads = op.backward(g)
-        if not isinstance(in_grads, tuple):
-            in_grads = (in_grads,)
-        for i, (parent, need, pg) in enumerate(zip(op.parents, op.needs_input_grad, in_grads)):
-            if not need or pg is None:
-                continue
-            pg = _fit_grad(op, i, parent, pg)
-            key = id(parent)
-            prev = grads.get(key)
-            grads[key] = pg if prev is None else prev + pg
-        if t0 is not None:  # the VJP plus summing its gradients to shape and into place
-            _profiler.record(op.name, "backward", time.perf_counter() - t0)
-        if not retain_graph:
-            op.release()
+        return Tensor._wrap(xp.ones_like(root.data), False)
+    if not isinstance(grad, Tensor):
+        grad = Tensor._wrap(xp.asarray(grad, dtype=root.dtype), False)
+    if grad.shape != root.shape:
+        raise ValueError(f"{caller}: grad has shape {grad.shape}, expected the output's shape {root.shape}")
+    if grad.dtype != root.dtype:
+        grad = grad.astype(root.dtype)
+    return grad
 
 
-def grad(output, inputs, grad_output=None, retain_graph=False):
-    """The gradients of ``output`` with respect to each of ``inputs`` (like
-    ``torch.autograd.grad``), returned as arrays in the order given, ``None`` for an input
-    the output does not depend on. Nothing is written to any ``.grad``, so several threads
+def _zeros_like_output(op, k):
+    shape, dtype = op.out_meta[k]
+    return array_module(op.parents[0].data).zeros(shape, dtype=dtype)
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False,
+         *, grad_output=None):
+    """The gradients of ``outputs`` with respect to each of ``inputs``, as Tensors in the order
+    given (``torch.autograd.grad``). Nothing is written to any ``.grad``, so several threads
     can differentiate graphs that share parameters at the same time.
 
-    ``inputs`` may be leaves or intermediate tensors of the graph; ``grad_output`` is the
-    upstream gradient (implied for a one-element output)."""
-    inputs = list(inputs)
+    ``outputs`` is a Tensor or a sequence of them, ``grad_outputs`` (alias ``grad_output``)
+    their upstream gradients (implied for one-element outputs). ``inputs`` may be leaves or
+    intermediate tensors. With ``create_graph=True`` the returned gradients carry a graph
+    and can be differentiated again (any order). ``retain_graph`` defaults to
+    ``create_graph``. An input the outputs do not depend on raises, unless
+    ``allow_unused=True``, which returns ``None`` for it."""
+    if grad_output is not None:
+        if grad_outputs is not None:
+            raise TypeError("grad: pass grad_outputs or its alias grad_output, not both")
+        grad_outputs = grad_output
+    single_in = isinstance(inputs, Tensor)
+    inputs = [inputs] if single_in else list(inputs)
     for i, t in enumerate(inputs):
         if not isinstance(t, Tensor):
             raise TypeError(f"grad: inputs must be Tensors; input {i} is a {type(t).__name__}")
-    if not isinstance(output, Tensor):
-        raise TypeError(f"grad: output must be a Tensor; got {type(output).__name__}")
-    wanted, found = {id(t) for t in inputs}, {}
-    _backpropagate(output, grad_output, retain_graph, "grad", lambda t, g: found.__setitem__(id(t), g),
-                   lambda t: id(t) in wanted)
-    # copies: a VJP may hand one array to several inputs, and an input may be listed twice
-    return [None if id(t) not in found else array_module(found[id(t)]).array(found[id(t)], order="C", copy=True)
-            for t in inputs]
+        if not t.requires_grad:
+            raise RuntimeError(f"grad: input {i} (shape {t.shape}) does not require grad")
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    if grad_outputs is None or isinstance(grad_outputs, Tensor) or is_array(grad_outputs):
+        grad_outputs = [grad_outputs] * len(outputs) if grad_outputs is None else [grad_outputs]
+    grad_outputs = list(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad: {len(outputs)} outputs but {len(grad_outputs)} grad_outputs")
+    retain_graph = create_graph if retain_graph is None else retain_graph
+    wanted_ids = {id(t) for t in inputs}
+    found = {}
+    _backpropagate(outputs, grad_outputs, retain_graph, create_graph, "grad",
+                   lambda t: id(t) in wanted_ids, found)
+    result = []
+    for i, t in enumerate(inputs):
+        if id(t) not in found:
+            if not allow_unused:
+                raise RuntimeError(f"grad: input {i} (shape {t.shape}) was not used to compute the outputs; "
+                                   f"pass allow_unused=True to get None for it")
+            result.append(None)
+            continue
+        g = found[id(t)][1]
+        if not create_graph:  # a private array: a VJP may hand one array to several inputs
+            g = Tensor._wrap(array_module(g.data).array(g.data, order="C", copy=True), False)
+        result.append(g)
+    return result
 
 
 def _fit_grad(op, i, parent, grad):
-    """Sum a VJP's result back to its input's shape and check its dtype (the engine's contract)."""
+    """Sum a VJP's result back to its input's shape and check its type and dtype (the
+    engine's contract)."""
+    if not isinstance(grad, Tensor):
+        raise RuntimeError(f"{op.name}: VJP for input {i} returned a {type(grad).__name__}; a VJP must return "
+                           f"Tensors built from primitives (a bug in the op's backward)")
     if grad.shape != parent.shape:
         try:
-            grad = sum_to_shape(grad, parent.shape)
+            reduced_axes(grad.shape, parent.shape)
         except ValueError:
             raise RuntimeError(f"{op.name}: VJP for input {i} returned shape {grad.shape}, which does not "
                                f"reduce to the input's shape {parent.shape} (a bug in the op's backward)") from None
+        grad = grad.sum_to_shape(parent.shape)
     if grad.dtype != parent.dtype:
         raise RuntimeError(f"{op.name}: VJP for input {i} returned dtype {grad.dtype} for an input of dtype "
                            f"{parent.dtype} (a bug in the op's backward: it must not change dtypes)")
     return grad
 
 
-def _accumulate(t, g):
-    if t.grad is None:
-        t.grad = array_module(g).array(g, dtype=t.dtype, order="C", copy=True)
-    else:
-        t.grad += g
+_accumulating = threading.Lock()  # backward() on several threads into the same leaves
+
+
+def _accumulate(t, g, create_graph=False):
+    """Add ``g`` into ``t.grad``: a private copy the first time, in place after that (out of
+    place when the gradients carry a graph, or when a graph still reads the old ``.grad``).
+    Serialised, so that threads running backward() into shared leaves lose no update."""
+    with _accumulating:
+        if create_graph:
+            t.grad = g if t.grad is None else t.grad + g
+        elif t.grad is None:
+            t.grad = Tensor._wrap(array_module(g.data).array(g.data, dtype=t.dtype, order="C", copy=True), False)
+        elif t.grad.requires_grad or not t.grad.data.flags.writeable:
+            t.grad = Tensor._wrap(t.grad.data + g.data, False)
+        else:
+            t.grad.data += g.data
 
 
 # ------------------------------------------------------------------------- constructors
 
 
-def _shape_arg(shape):
+def _shape_arg(shape, caller="shape", allow_minus_one=False):
+    """A shape given as ``f(2, 3)`` or ``f((2, 3))``, as a tuple of ints; floats and negative
+    sides are errors, never truncated."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    return tuple(int(s) for s in shape)
+    out = []
+    for s in shape:
+        try:
+            n = operator.index(s)
+        except TypeError:
+            raise TypeError(f"{caller}: sizes must be integers; got {s!r} in {tuple(shape)}") from None
+        if n < 0 and not (allow_minus_one and n == -1):
+            raise ValueError(f"{caller}: sizes must be non-negative; got {n} in {tuple(shape)}")
+        out.append(int(n))
+    return tuple(out)
 
 
 def zeros(*shape, dtype=np.float32, requires_grad=False):
@@ -647,4 +922,5 @@ def randn(*shape, dtype=np.float32, requires_grad=False, seed=None, rng=None):
         requires_grad=requires_grad)
 
 
+from . import graph as _graph  # noqa: E402
 from . import ops as _ops  # noqa: E402  (ops import Op and Tensor from this module)

@@ -24,14 +24,16 @@ def registry() -> dict[str, type[Op]]:
     return dict(REGISTRY)
 
 
-from .elementwise import Add, Sub, Mul, Div, Neg, Pow, Exp, Log, Maximum, Relu, Sigmoid, Tanh, Cast  # noqa: E402
+from .elementwise import (Add, Sub, Mul, Div, Neg, Pow, Exp, Log, Maximum, Relu, ReluBackward,  # noqa: E402
+                          Sigmoid, Tanh, Cast)
 from .reduce import Sum, Max, LogSoftmax  # noqa: E402
-from .shape import Reshape, Transpose, GetItem, Pad  # noqa: E402
+from .shape import Reshape, Transpose, Expand, GetItem, ScatterAdd, Pad  # noqa: E402
 from .linalg import Matmul  # noqa: E402
 from .conv import Im2col, Col2im, MaxPool2d  # noqa: E402
 from .norm import BatchNorm  # noqa: E402
 
 __all__ = ["Op", "REGISTRY", "register", "registry",
-           "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Maximum", "Relu", "Sigmoid", "Tanh",
-           "Cast", "Sum", "Max", "LogSoftmax", "Reshape", "Transpose", "GetItem", "Pad", "Matmul",
+           "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Maximum", "Relu", "ReluBackward",
+           "Sigmoid", "Tanh", "Cast", "Sum", "Max", "LogSoftmax", "Reshape", "Transpose", "Expand", "GetItem",
+           "ScatterAdd", "Pad", "Matmul",
            "Im2col", "Col2im", "MaxPool2d", "BatchNorm"]

@@ -205,7 +205,9 @@ class Im2col(Op):
         return im2col_array(x, *self.geometry, ones_row=self.ones_row)
 
     def backward(self, g):
-        return col2im_array(g[:-1] if self.ones_row else g, self.in_shape, *self.geometry)
+        p = self.params
+        return Col2im.apply(g[:-1] if self.ones_row else g, input_shape=self.in_shape,
+                            kernel_size=p["kernel_size"], stride=p.get("stride", 1), padding=p.get("padding", 0))
 
 
 @register
@@ -226,7 +228,8 @@ class Col2im(Op):
         return col2im_array(cols, self.in_shape, *self.geometry)
 
     def backward(self, g):
-        return im2col_array(g, *self.geometry)
+        p = self.params
+        return Im2col.apply(g, kernel_size=p["kernel_size"], stride=p.get("stride", 1), padding=p.get("padding", 0))
 
 
 @register
@@ -280,6 +283,10 @@ class MaxPool2d(Op):
         return out
 
     def backward(self, g):
+        from ..tensor import Tensor  # TEMPORARY until the routing primitive lands
+        return Tensor._wrap(self._route(g.data), False)
+
+    def _route(self, g):
         col_win, row_win = self.saved
         src_shape, rows_shape, (ph, pw), (H, W), channel_major = self.geometry
         xp = array_module(g)

@@ -1,10 +1,15 @@
-"""Elementwise primitives. Binary ones broadcast; the engine sums gradients back to shape."""
+"""Elementwise primitives. Binary ones broadcast; the engine sums gradients back to shape.
+
+Each VJP is Tensor code over ``self.parents`` (the inputs) and ``self.output``, so it is
+differentiable in turn: the second derivative of ``exp`` is the VJP of ``g * out``.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import array_module, is_floating, parallel_ranges
-from ..tensor import sum_to_shape
+from ..kernels import elementwise as kernels
+from ..tensor import Tensor
+from ..xp import array_module, is_floating
 from . import Op, register
 
 
@@ -16,17 +21,17 @@ def _broadcast_shape(name, a, b):
                          f"dimension must be equal or 1)") from None
 
 
-class _Binary(Op):
-    def forward(self, a, b):
-        _broadcast_shape(self.name, a, b)
-        return self.compute(a, b)
+def _constant(like, array):
+    """An array as a Tensor with no history (a mask or a share: its derivative is zero)."""
+    return Tensor._wrap(array_module(like).asarray(array, dtype=like.dtype), False)
 
 
 @register
-class Add(_Binary):
+class Add(Op):
     name = "add"
 
-    def compute(self, a, b):
+    def forward(self, a, b):
+        _broadcast_shape(self.name, a, b)
         return a + b
 
     def backward(self, g):
@@ -34,48 +39,45 @@ class Add(_Binary):
 
 
 @register
-class Sub(_Binary):
+class Sub(Op):
     name = "sub"
 
-    def compute(self, a, b):
-        self.b_shape = b.shape
+    def forward(self, a, b):
+        _broadcast_shape(self.name, a, b)
         return a - b
 
     def backward(self, g):
-        # negate after summing to b's shape: a broadcast b (a mean, a bias) then costs no
-        # full-size negation
-        return g, (-sum_to_shape(g, self.b_shape) if self.needs_input_grad[1] else None)
+        # negate after summing to b's shape: a broadcast b (a mean, a bias) costs no full-size negation
+        b = self.parents[1]
+        return g, (-g.sum_to_shape(b.shape) if self.needs_input_grad[1] else None)
 
 
 @register
-class Mul(_Binary):
+class Mul(Op):
     name = "mul"
 
-    def compute(self, a, b):
-        self.save(a, b)
+    def forward(self, a, b):
+        _broadcast_shape(self.name, a, b)
         return a * b
 
     def backward(self, g):
-        a, b = self.saved
+        a, b = self.parents
         need_a, need_b = self.needs_input_grad
-        if need_a and self.parents[0] is self.parents[1]:  # x * x: d(x^2)/dx = 2x in one product
-            return g * (a + a), None
         return (g * b if need_a else None), (g * a if need_b else None)
 
 
 @register
-class Div(_Binary):
+class Div(Op):
     name = "div"
 
-    def compute(self, a, b):
-        out = a / b
-        self.save(b, out)
-        return out
+    def forward(self, a, b):
+        _broadcast_shape(self.name, a, b)
+        return a / b
 
     def backward(self, g):
-        b, out = self.saved
+        b = self.parents[1]
         ga = g / b
-        return ga, (-ga * out if self.needs_input_grad[1] else None)
+        return ga, (-(ga * self.output) if self.needs_input_grad[1] else None)
 
 
 @register
@@ -91,18 +93,22 @@ class Neg(Op):
 
 @register
 class Pow(Op):
-    """x ** p for a Python-number exponent p."""
+    """x ** p for a Python-number exponent p (d/dx x**0 is 0, also at x = 0)."""
 
     name = "pow"
 
     def forward(self, x, exponent):
-        self.save(x)
         return x ** exponent
 
     def backward(self, g):
-        (x,) = self.saved
+        (x,) = self.parents
         p = self.params["exponent"]
-        return g * (p * x ** (p - 1))
+        if p == 0:  # constant: the gradient is zero everywhere (x ** -1 at 0 would make it NaN)
+            return _constant(g, array_module(g.data).zeros(g.shape))
+        return g * (x ** (p - 1) * p) if p != 1 else g
+
+    def label(self):
+        return f"^{self.params['exponent']:g}"
 
 
 @register
@@ -110,13 +116,10 @@ class Exp(Op):
     name = "exp"
 
     def forward(self, x):
-        out = array_module(x).exp(x)
-        self.save(out)
-        return out
+        return array_module(x).exp(x)
 
     def backward(self, g):
-        (out,) = self.saved
-        return g * out
+        return g * self.output
 
 
 @register
@@ -124,29 +127,26 @@ class Log(Op):
     name = "log"
 
     def forward(self, x):
-        self.save(x)
         return array_module(x).log(x)
 
     def backward(self, g):
-        (x,) = self.saved
-        return g / x
+        return g / self.parents[0]
 
 
 @register
-class Maximum(_Binary):
+class Maximum(Op):
     """Elementwise max of two tensors; on ties each side gets half the gradient."""
 
     name = "maximum"
 
-    def compute(self, a, b):
-        self.save(a, b)
+    def forward(self, a, b):
+        _broadcast_shape(self.name, a, b)
         return array_module(a).maximum(a, b)
 
     def backward(self, g):
-        a, b = self.saved
-        share_a = (a > b).astype(g.dtype)
-        share_a += (a == b) * g.dtype.type(0.5)
-        return g * share_a, g * (1 - share_a)
+        a, b = (p.data for p in self.parents)
+        share_a = (a > b) + (a == b) * 0.5
+        return g * _constant(g, share_a), g * _constant(g, 1 - share_a)
 
 
 @register
@@ -154,30 +154,30 @@ class Relu(Op):
     name = "relu"
 
     def forward(self, x):
-        xp = array_module(x)
-        out = xp.empty_like(x)
-        _in_slices(x, lambda s: xp.maximum(x[s], 0, out=out[s]))
-        self.save(out)
-        return out
+        return kernels.relu(x)
 
     def backward(self, g):
-        (out,) = self.saved
-        xp = array_module(g)
-        gx = xp.empty_like(g)
-        _in_slices(g, lambda s: xp.multiply(g[s], out[s] > 0, out=gx[s]))
-        return gx
+        return g.relu_mask(self.output.data)
 
 
-def _in_slices(a, fn):
-    """Call ``fn(index)`` over slices that cover ``a``, on several threads when it is large
-    (one memory-bound pass, which numpy would run on one core), cut along the outermost
-    axis in memory, so that each slice is one block (the channels of a channel-major
-    activation)."""
-    if a.ndim == 0:
-        fn(...)
-        return
-    axis = max(range(a.ndim), key=lambda i: (a.shape[i] > 1, abs(a.strides[i])))
-    parallel_ranges(a.shape[axis], lambda lo, hi: fn((slice(None),) * axis + (slice(lo, hi),)), 2 * a.size)
+@register
+class ReluBackward(Op):
+    """``g`` where ``where > 0``, else 0: ReLU's VJP, as a primitive so that it is one threaded
+    pass with no float mask (PyTorch's ``threshold_backward``). Linear in ``g``, so its own
+    VJP is itself, with the same mask."""
+
+    name = "relu_backward"
+
+    def forward(self, g, where):
+        if where.shape != g.shape:
+            raise ValueError(f"relu_backward: the mask's shape {where.shape} differs from the gradient's {g.shape}")
+        return kernels.relu_backward(g, where)
+
+    def backward(self, gg):
+        return gg.relu_mask(self.params["where"])
+
+    def label(self):
+        return ""
 
 
 @register
@@ -187,12 +187,10 @@ class Sigmoid(Op):
     name = "sigmoid"
 
     def forward(self, x):
-        out = array_module(x).tanh(x * 0.5) * 0.5 + 0.5
-        self.save(out)
-        return out
+        return array_module(x).tanh(x * 0.5) * 0.5 + 0.5
 
     def backward(self, g):
-        (out,) = self.saved
+        out = self.output
         return g * (out * (1 - out))
 
 
@@ -201,12 +199,10 @@ class Tanh(Op):
     name = "tanh"
 
     def forward(self, x):
-        out = array_module(x).tanh(x)
-        self.save(out)
-        return out
+        return array_module(x).tanh(x)
 
     def backward(self, g):
-        (out,) = self.saved
+        out = self.output
         return g * (1 - out * out)
 
 
@@ -219,8 +215,10 @@ class Cast(Op):
     def forward(self, x, dtype):
         if not (is_floating(dtype) and is_floating(x.dtype)):
             raise TypeError(f"cast: converts between floating dtypes only; got {x.dtype} -> {np.dtype(dtype)}")
-        self.in_dtype = x.dtype
         return x.astype(dtype)
 
     def backward(self, g):
-        return g.astype(self.in_dtype)
+        return g.astype(self.parents[0].dtype)
+
+    def label(self):
+        return f"to {np.dtype(self.params['dtype']).name}"

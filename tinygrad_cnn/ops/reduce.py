@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import operator
 
-from ..backend import array_module
+from ..tensor import Tensor
+from ..xp import array_module
 from . import Op, register
 
 
@@ -18,6 +19,8 @@ def normalize_axes(name, axis, ndim):
             a = operator.index(a)
         except TypeError:
             raise TypeError(f"{name}: axis must be an int or a tuple of ints; got {axis!r}") from None
+        if ndim == 0 and a in (0, -1):  # a 0-d tensor's only "axis", as PyTorch allows
+            continue
         if not -ndim <= a < ndim:
             raise ValueError(f"{name}: axis {axis!r} is out of range for a {ndim}-d tensor")
         out.append(a % ndim)
@@ -26,14 +29,15 @@ def normalize_axes(name, axis, ndim):
     return tuple(sorted(out))
 
 
-def expand_reduced(g, shape, axes, keepdims):
-    """Put back the reduced axes of ``g`` (size 1) so it broadcasts against ``shape``."""
-    if keepdims:
-        return g
-    kept = list(shape)
-    for a in axes:
-        kept[a] = 1
-    return g.reshape(kept)
+def kept_shape(shape, axes):
+    """``shape`` with the reduced ``axes`` kept as 1s (what a keepdims reduction returns)."""
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def _axis_label(op):
+    axis = op.params.get("axis")
+    text = "axis=all" if axis is None else f"axis={axis}"
+    return text + (" keepdims" if op.params.get("keepdims") else "")
 
 
 @register
@@ -42,12 +46,13 @@ class Sum(Op):
 
     def forward(self, x, axis=None, keepdims=False):
         self.axes = normalize_axes(self.name, axis, x.ndim)
-        self.in_shape = x.shape
         return x.sum(axis=self.axes, keepdims=keepdims)
 
     def backward(self, g):
-        g = expand_reduced(g, self.in_shape, self.axes, self.params.get("keepdims", False))
-        return array_module(g).broadcast_to(g, self.in_shape)
+        x = self.parents[0]
+        return g.reshape(kept_shape(x.shape, self.axes)).expand(x.shape)
+
+    label = _axis_label
 
 
 @register
@@ -60,16 +65,16 @@ class Max(Op):
         self.axes = normalize_axes(self.name, axis, x.ndim)
         if x.size == 0:
             raise ValueError(f"max: cannot reduce an empty tensor of shape {x.shape}")
-        out = x.max(axis=self.axes, keepdims=True)
-        self.save(x, out)
-        return out if keepdims else out.reshape([n for i, n in enumerate(x.shape) if i not in self.axes])
+        return x.max(axis=self.axes, keepdims=keepdims)
 
     def backward(self, g):
-        x, out = self.saved
-        g = expand_reduced(g, x.shape, self.axes, self.params.get("keepdims", False))
-        winners = x == out
-        share = winners / winners.sum(axis=self.axes, keepdims=True).astype(x.dtype)
-        return g * share
+        x = self.parents[0].data
+        kept = kept_shape(x.shape, self.axes)
+        winners = x == self.output.data.reshape(kept)
+        share = winners / winners.sum(axis=self.axes, keepdims=True)
+        return g.reshape(kept) * Tensor._wrap(share.astype(x.dtype), False)
+
+    label = _axis_label
 
 
 @register
@@ -81,13 +86,18 @@ class LogSoftmax(Op):
     def forward(self, x, axis=-1):
         if isinstance(axis, (tuple, list)):
             raise TypeError(f"log_softmax: axis must be a single int; got {axis!r}")
-        (self.axis,) = normalize_axes(self.name, axis, x.ndim)
+        axes = normalize_axes(self.name, axis, x.ndim)
         xp = array_module(x)
-        shifted = x - x.max(axis=self.axis, keepdims=True)
-        out = shifted - xp.log(xp.exp(shifted).sum(axis=self.axis, keepdims=True))
-        self.save(out)
-        return out
+        if not axes:  # a 0-d input: one element, so its log-probability is 0
+            return xp.zeros_like(x)
+        shifted = x - x.max(axis=axes, keepdims=True)
+        return shifted - xp.log(xp.exp(shifted).sum(axis=axes, keepdims=True))
 
     def backward(self, g):
-        (out,) = self.saved
-        return g - array_module(g).exp(out) * g.sum(axis=self.axis, keepdims=True)
+        axis = normalize_axes(self.name, self.params.get("axis", -1), g.ndim)
+        if not axis:
+            return g * 0.0
+        return g - self.output.exp() * g.sum(axis=axis, keepdims=True)
+
+    def label(self):
+        return f"axis={self.params.get('axis', -1)}"

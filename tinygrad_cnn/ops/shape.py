@@ -1,9 +1,12 @@
-"""Primitives that move elements without arithmetic: reshape, transpose, indexing, padding."""
+"""Primitives that move elements without arithmetic: reshape, transpose, broadcast,
+indexing and its adjoint, padding. Each one's VJP is another of them."""
 from __future__ import annotations
 
 import operator
 
-from ..backend import array_module
+import numpy as np
+
+from ..xp import array_module
 from . import Op, register
 
 
@@ -12,7 +15,6 @@ class Reshape(Op):
     name = "reshape"
 
     def forward(self, x, shape):
-        self.in_shape = x.shape
         try:
             return x.reshape(shape)
         except ValueError:
@@ -20,7 +22,10 @@ class Reshape(Op):
                              f"as shape {tuple(shape)}") from None
 
     def backward(self, g):
-        return g.reshape(self.in_shape)
+        return g.reshape(self.parents[0].shape)
+
+    def label(self):
+        return ""  # the output shape beside it says it all
 
 
 @register
@@ -33,14 +38,38 @@ class Transpose(Op):
         if sorted(axes) != list(range(x.ndim)):
             raise ValueError(f"transpose: axes {tuple(axes)} are not a permutation of the {x.ndim} axes "
                              f"of a tensor of shape {x.shape}")
-        self.inverse = tuple(sorted(range(x.ndim), key=lambda i: axes[i]))
         return x.transpose(axes)
 
     def backward(self, g):
-        return g.transpose(self.inverse)
+        axes = self.params["axes"]
+        return g.permute(*sorted(range(len(axes)), key=lambda i: axes[i]))
+
+    def label(self):
+        return f"axes={tuple(self.params['axes'])}"
 
 
-def _is_basic(index) -> bool:
+@register
+class Expand(Op):
+    """Broadcast to ``shape`` (numpy's broadcast_to, PyTorch's expand): a read-only view.
+    Its VJP sums over the broadcast axes."""
+
+    name = "expand"
+
+    def forward(self, x, shape):
+        try:
+            return array_module(x).broadcast_to(x, shape)
+        except ValueError:
+            raise ValueError(f"expand: a tensor of shape {x.shape} does not broadcast to {tuple(shape)} (each "
+                             f"trailing side must be equal or 1)") from None
+
+    def backward(self, g):
+        return g.sum_to_shape(self.parents[0].shape)
+
+    def label(self):
+        return ""
+
+
+def is_basic(index) -> bool:
     """True when ``index`` only slices (ints, slices, None, ...): no element is picked twice."""
     items = index if isinstance(index, tuple) else (index,)
     for item in items:
@@ -57,34 +86,80 @@ def _is_basic(index) -> bool:
 
 @register
 class GetItem(Op):
-    """``x[index]`` with slices, integers, integer arrays or boolean masks (numpy semantics)."""
+    """``x[index]`` with slices, integers, integer arrays or boolean masks (numpy semantics).
+    Its VJP puts the gradient back where the elements came from (``scatter_add``)."""
 
     name = "getitem"
 
     def forward(self, x, index):
-        self.in_shape, self.in_dtype = x.shape, x.dtype
         try:
             return x[index]
         except IndexError as e:
             raise IndexError(f"getitem: index {index!r} is invalid for a tensor of shape {x.shape}: {e}") from None
 
     def backward(self, g):
+        return ScatterAdd.apply(g, index=self.params["index"], shape=self.parents[0].shape)
+
+    def label(self):
         index = self.params["index"]
+        items = index if isinstance(index, tuple) else (index,)
+        return "[" + ", ".join(_index_item(i) for i in items) + "]"
+
+
+def _index_item(i) -> str:
+    if isinstance(i, slice):
+        text = ("" if i.start is None else str(i.start)) + ":" + ("" if i.stop is None else str(i.stop))
+        return text + (f":{i.step}" if i.step is not None else "")
+    if i is None:
+        return "None"
+    if i is Ellipsis:
+        return "..."
+    if hasattr(i, "shape"):
+        return f"{np.dtype(i.dtype).name}[{'x'.join(str(n) for n in i.shape)}]"
+    return str(i)
+
+
+@register
+class ScatterAdd(Op):
+    """Zeros of ``shape`` with ``g`` added at ``index`` (repeated indices accumulate): the
+    adjoint of ``getitem``, so its VJP is ``getitem`` with the same index."""
+
+    name = "scatter_add"
+
+    def forward(self, g, index, shape):
         xp = array_module(g)
-        gx = xp.zeros(self.in_shape, dtype=self.in_dtype)
-        if _is_basic(index) or getattr(index, "dtype", None) == bool:
-            gx[index] = g  # each input element is picked at most once
-        else:
-            xp.add.at(gx, index, g)  # repeated integer indices accumulate
-        return gx
+        out = xp.zeros(shape, dtype=g.dtype)
+        try:
+            if is_basic(index) or getattr(index, "dtype", None) == bool:
+                out[index] = g  # each element is picked at most once
+            else:
+                xp.add.at(out, index, g)
+        except (IndexError, ValueError) as e:
+            raise ValueError(f"scatter_add: cannot add values of shape {g.shape} at index {index!r} of a tensor "
+                             f"of shape {tuple(shape)}: {e}") from None
+        return out
+
+    def backward(self, gg):
+        return gg[self.params["index"]]
+
+    def label(self):
+        return GetItem.label(self)
 
 
 def normalize_pad_width(name, pad_width, ndim):
     """``pad_width`` (an int, or one ``(before, after)`` pair per axis) as a tuple of pairs."""
-    if isinstance(pad_width, int):
-        pairs = ((pad_width, pad_width),) * ndim
+    def as_int(v):
+        try:
+            return operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name}: padding sizes must be integers; got {pad_width!r}") from None
+
+    if isinstance(pad_width, (tuple, list)):
+        pairs = tuple((as_int(p), as_int(p)) if not isinstance(p, (tuple, list)) else tuple(as_int(v) for v in p)
+                      for p in pad_width)
     else:
-        pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in pad_width)
+        n = as_int(pad_width)
+        pairs = ((n, n),) * ndim
     if len(pairs) != ndim or any(len(p) != 2 for p in pairs):
         raise ValueError(f"{name}: pad_width {pad_width!r} must give one (before, after) pair for each of "
                          f"the {ndim} axes")
@@ -95,18 +170,23 @@ def normalize_pad_width(name, pad_width, ndim):
 
 @register
 class Pad(Op):
-    """Constant padding: ``pad_width`` is an int or one ``(before, after)`` pair per axis."""
+    """Constant padding: ``pad_width`` is an int or one ``(before, after)`` pair per axis.
+    Its VJP is the slice that drops the padding."""
 
     name = "pad"
 
     def forward(self, x, pad_width, value=0.0):
-        self.pairs = normalize_pad_width(self.name, pad_width, x.ndim)
+        pairs = normalize_pad_width(self.name, pad_width, x.ndim)
         # a filled buffer and one copy: the same result as numpy's pad, without its overhead
         # (about 20 us a call, which shows on the small weight matrices conv2d pads)
-        out = array_module(x).full(tuple(n + b + a for n, (b, a) in zip(x.shape, self.pairs)), value,
-                                   dtype=x.dtype)
-        out[tuple(slice(b, b + n) for n, (b, _) in zip(x.shape, self.pairs))] = x
+        out = array_module(x).full(tuple(n + b + a for n, (b, a) in zip(x.shape, pairs)), value, dtype=x.dtype)
+        out[tuple(slice(b, b + n) for n, (b, _) in zip(x.shape, pairs))] = x
         return out
 
     def backward(self, g):
-        return g[tuple(slice(b, g.shape[i] - a) for i, (b, a) in enumerate(self.pairs))]
+        pairs = normalize_pad_width(self.name, self.params["pad_width"], g.ndim)
+        return g[tuple(slice(b, n - a) for n, (b, a) in zip(g.shape, pairs))]
+
+    def label(self):
+        value = self.params.get("value")
+        return f"pad={self.params['pad_width']}" + (f" value={value:g}" if value else "")
