@@ -1,4 +1,5 @@
-"""Every registered primitive, and the composites built from them, against ``gradcheck``.
+"""Every registered primitive, and the composites built from them, against ``gradcheck`` and
+``gradgradcheck``.
 
 ``CASES`` maps each op name in ``tinygrad_cnn.ops.REGISTRY`` to a hypothesis property that
 runs ``gradcheck`` on that op over generated shapes and hyper-parameters. A registered op
@@ -14,37 +15,35 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinygrad_cnn.functional as F
-from tinygrad_cnn import Tensor, gradcheck, is_grad_enabled, ops
+from tinygrad_cnn import Tensor, gradcheck, gradgradcheck, is_grad_enabled, ops
+from tinygrad_cnn.graph import op_names
 from tinygrad_cnn.ops import REGISTRY
 
 import strategies as S
 
 
-def graph_op_names(out):
-    """Names of every op recorded in the graph that produced ``out``."""
-    names, seen, stack = set(), set(), [out]
-    while stack:
-        t = stack.pop()
-        if id(t) in seen or not isinstance(t, Tensor) or t._ctx is None:
-            continue
-        seen.add(id(t))
-        names.add(t._ctx.name)
-        stack.extend(t._ctx.parents)
-    return names
+ORDERS = {}  # op name -> the orders (1, 2) its case has checked in this session
 
 
-def check(op_name, fn, inputs, **kw):
-    """``gradcheck(fn, inputs)``, and assert that the graph really went through ``op_name``."""
+def check(op_name, fn, inputs, second_order=True, **kw):
+    """``gradcheck(fn, inputs)`` and, unless ``second_order=False``, ``gradgradcheck`` (the
+    VJP's own derivatives, with respect to the inputs and the incoming gradient); asserts that
+    the recorded graph really went through ``op_name``. The registry tests require every
+    primitive's case to reach both orders."""
     recorded = set()
 
     def traced(*args):
         out = fn(*args)
-        if is_grad_enabled():  # the one call that records (the numeric ones run under no_grad)
-            recorded.update(graph_op_names(out))
+        if is_grad_enabled() and isinstance(out, Tensor):  # the calls that record
+            recorded.update(op_names(out))
         return out
 
     assert gradcheck(traced, inputs, **kw)
     assert op_name in recorded, f"the case for {op_name!r} never recorded that op (saw {sorted(recorded)})"
+    ORDERS.setdefault(op_name, set()).add(1)
+    if second_order:
+        assert gradgradcheck(fn, inputs, **kw)
+        ORDERS[op_name].add(2)
 
 
 CASES = {}
@@ -371,24 +370,6 @@ def _max_pool2d(g_x):
     check("max_pool2d", lambda t: F.max_pool2d(t, g["kernel"], g["stride"], g["padding"]), x)
 
 
-# --------------------------------------------------------------------------- the table
-
-
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_every_registered_op_has_a_case(name):
-    assert name in CASES, (f"primitive {name!r} ({REGISTRY[name].__name__}) has no gradcheck property "
-                           f"test: add one to CASES in tests/test_ops_gradcheck.py")
-
-
-def test_every_case_is_a_registered_op():
-    assert set(CASES) <= set(REGISTRY), f"cases for unregistered ops: {sorted(set(CASES) - set(REGISTRY))}"
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_op_gradcheck(name):
-    CASES[name]()
-
-
 # --------------------------------------------------------------------------- composites
 
 
@@ -596,3 +577,26 @@ def test_relu_in_slices_on_threads_matches_one_pass(monkeypatch, layout):
     assert out.numpy().dtype == np.float32 and t.grad.dtype == np.float32
     if layout == "channel_major":
         assert out.numpy().strides[1] > out.numpy().strides[0]
+
+
+# --------------------------------------------------------------------------- the table
+# Last in the file: the parametrisations below read CASES when they are defined, so every
+# case above must be registered by then (batch_norm's, once below them, never ran here).
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_op_has_a_case(name):
+    assert name in CASES, (f"primitive {name!r} ({REGISTRY[name].__name__}) has no gradcheck property "
+                           f"test: add one to CASES in tests/test_ops_gradcheck.py")
+
+
+def test_every_case_is_a_registered_op():
+    assert set(CASES) <= set(REGISTRY), f"cases for unregistered ops: {sorted(set(CASES) - set(REGISTRY))}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_op_gradcheck(name):
+    """First- and second-order checks of one primitive over generated inputs."""
+    CASES[name]()
+    assert ORDERS.get(name) == {1, 2}, (f"the case for {name!r} checked orders {sorted(ORDERS.get(name, ()))}; "
+                                        f"every primitive needs a first- and a second-order check (float64)")

@@ -148,7 +148,7 @@ def _compare(name, k, shape, analytic, numeric, atol, rtol):
     excess = err - (atol + rtol * np.abs(numeric))
     if not np.all(excess <= 0):  # also catches NaN
         excess = np.where(np.isnan(excess), np.inf, excess)
-        worst = np.unravel_index(int(np.argmax(excess)), shape) if shape else ()
+        worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), shape)) if shape else ()
         a, n, e = float(analytic[worst]), float(numeric[worst]), float(err[worst])
         bad = int(np.sum(~(excess <= 0)))
         what = k if isinstance(k, str) else f"input {k}"
