@@ -6,11 +6,11 @@
 """
 from .tensor import Tensor, grad, no_grad, enable_grad, is_grad_enabled, zeros, ones, randn
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
-from . import ops, functional, nn, optim, parallel
+from . import ops, functional, nn, optim, parallel, autograd
 from .profiler import profile
 from .rng import manual_seed
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "grad", "no_grad", "enable_grad", "is_grad_enabled", "zeros", "ones", "randn",
-           "gradcheck", "gradgradcheck", "GradcheckError", "ops", "functional", "nn", "optim", "parallel", "profile", "manual_seed"]
+           "gradcheck", "gradgradcheck", "GradcheckError", "ops", "functional", "nn", "optim", "parallel", "autograd", "profile", "manual_seed"]
