@@ -128,6 +128,13 @@ def _relu(x):
     check("relu", F.relu, x)
 
 
+@case("relu_backward")
+@given(S.shapes().flatmap(lambda s: st.tuples(S.arrays(s), S.away_from_zero(s))))
+def _relu_backward(g_where):
+    g, where = g_where
+    check("relu_backward", lambda t: t.relu_mask(where), g)
+
+
 @case("sigmoid")
 @given(S.shapes().flatmap(lambda s: S.arrays(s, -4.0, 4.0)))
 def _sigmoid(x):
@@ -248,6 +255,31 @@ def array_and_index(draw):
 def _getitem(x_index):
     x, index = x_index
     check("getitem", lambda t: t[index], x)
+
+
+@st.composite
+def array_and_expansion(draw):
+    """An array and a shape it broadcasts to: size-1 sides grown, leading sides added."""
+    shape = draw(S.shapes())
+    target = [draw(st.integers(1, 3)) if n == 1 else n for n in shape]
+    target = [draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2)))] + target
+    return draw(S.arrays(shape)), tuple(target)
+
+
+@case("expand")
+@given(array_and_expansion())
+def _expand(x_shape):
+    x, shape = x_shape
+    check("expand", lambda t: t.expand(*shape), x)
+
+
+@case("scatter_add")
+@given(array_and_index())
+def _scatter_add(x_index):
+    x, index = x_index
+    picked = np.zeros(x.shape)[index].shape
+    g = np.random.default_rng(0).standard_normal(picked)
+    check("scatter_add", lambda t: ops.ScatterAdd.apply(t, index=index, shape=x.shape), g)
 
 
 @st.composite
