@@ -154,10 +154,12 @@ class Op:
     @classmethod
     def apply(cls, *inputs, **params):
         """Run the op on tensors, recording a graph node when a gradient may be needed."""
-        tensors = tuple(t if isinstance(t, Tensor) else Tensor(t) for t in inputs)
-        _check_same_dtype(cls.name, tensors)
-        needs = tuple(t.requires_grad for t in tensors)
-        record = any(needs) and is_grad_enabled()
+        tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in inputs]
+        arrays = [t.data for t in tensors]
+        if len(arrays) > 1:
+            _check_same_dtype(cls.name, arrays)
+        needs = tuple([t.requires_grad for t in tensors])
+        record = True in needs and getattr(_local, "grad_enabled", True)
         op = cls.__new__(cls)
         op.params = params
         op.needs_input_grad = needs
@@ -165,24 +167,27 @@ class Op:
         op.freed = False
         op._record = record
         if _profiler is None:
-            data = op.forward(*(t.data for t in tensors), **params)
+            data = op.forward(*arrays, **params)
         else:
             t0 = time.perf_counter()
-            data = op.forward(*(t.data for t in tensors), **params)
+            data = op.forward(*arrays, **params)
             _profiler.record(cls.name, "forward", time.perf_counter() - t0)
-        if isinstance(data, tuple):
+        if type(data) is tuple:
             outs = tuple(Tensor._wrap(d, record) for d in data)
             op.out_meta = tuple((d.shape, d.dtype) for d in data)
         else:
-            outs = (Tensor._wrap(data, record),)
+            out = Tensor._wrap(data, record)
+            if not record:
+                return out
+            outs = (out,)
         if record:
-            op.parents = tensors
+            op.parents = tuple(tensors)
             op.scope = current_scope()
             op._outputs = tuple(weakref.ref(o) for o in outs)  # weak: an output owns its node
             for o in outs:
                 o._ctx = op
             _locks.lock(op, outs)
-        return outs if isinstance(data, tuple) else outs[0]
+        return outs if type(data) is tuple else outs[0]
 
     @property
     def output(self):
@@ -335,15 +340,14 @@ _locks = _Locks()
 writing = _locks.writing
 
 
-def _check_same_dtype(name, tensors):
-    if len(tensors) > 1:
-        first = tensors[0].dtype
-        for t in tensors[1:]:
-            if t.dtype != first:
-                got = ", ".join(str(x.dtype) for x in tensors)
-                raise TypeError(
-                    f"{name}: inputs have different dtypes ({got}); ops never convert "
-                    f"silently, so cast one first, e.g. x.astype({str(first)!r})")
+def _check_same_dtype(name, arrays):
+    first = arrays[0].dtype
+    for a in arrays[1:]:
+        if a.dtype != first:
+            got = ", ".join(str(x.dtype) for x in arrays)
+            raise TypeError(
+                f"{name}: inputs have different dtypes ({got}); ops never convert "
+                f"silently, so cast one first, e.g. x.astype({str(first)!r})")
 
 
 def reduced_axes(shape, target):
@@ -892,6 +896,8 @@ def _shape_arg(shape, caller="shape", allow_minus_one=False):
     sides are errors, never truncated."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
+    if all(type(s) is int and s >= 0 for s in shape):
+        return tuple(shape)
     out = []
     for s in shape:
         try:

@@ -14,6 +14,8 @@ from . import Op, register
 
 
 def _broadcast_shape(name, a, b):
+    if a.shape == b.shape:
+        return a.shape
     try:
         return np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
