@@ -72,10 +72,12 @@ def test_framework_writes_after_backward_are_silent():
 
 def test_views_made_of_locked_arrays_unlock_when_released():
     w = leaf(np.arange(6.0).reshape(2, 3))
-    out = (w.T @ w).sum()
+    w_t = w.T
+    out = (w_t @ w).sum()
+    assert not w_t.data.flags.writeable and not w.data.flags.writeable
     out.backward()
-    w.data[0, 0] = 7.0  # the transposed view the graph held was released with it
-    assert w.T.data.flags.writeable
+    w.data[0, 0] = 7.0
+    assert w_t.data.flags.writeable  # the transposed view was released with the graph
 
 
 # --------------------------------------------------------------------- threads
