@@ -3,6 +3,7 @@ training script's micro-batch threads, side by side.
 
     python -m benchmarks.distributed                       # SeedCNN and FastCNN, batch 128, 2 ranks
     python -m benchmarks.distributed --model fast_cnn --batch 128 --ranks 2 --rounds 5 --json runs/dist.json
+    python -m benchmarks.distributed --tcp                  # the ranks talk over loopback TCP
 
 Each round launches, for each model, one process as ``python -m train.cifar10`` runs it (its
 per-model micro-batches on ``--micro-threads`` threads, BLAS left to its default) and an
@@ -170,6 +171,8 @@ def _launch(mode, model, args):
     if mode == "ranks":
         cmd = [args.mpiexec, "-n", str(args.ranks)] + cmd
         env.update(OPENBLAS_NUM_THREADS="1", TINYGRAD_CNN_THREADS="1")
+        if args.tcp:  # MPICH's network module over loopback TCP instead of shared memory
+            env.update(MPIR_CVAR_NOLOCAL="1", UCX_TLS="tcp,self")
     else:  # as `python -m train.cifar10` runs: BLAS and the framework's threads at their defaults
         for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "TINYGRAD_CNN_THREADS"):
             env.pop(k, None)
@@ -201,14 +204,16 @@ def _summary(runs):
 
 def report(results, args):
     lines = ["", f"Training step, batch {args.batch}: 1 process x micro-batch threads vs {args.ranks} MPI ranks "
-                 f"x 1 thread ({args.rounds} rounds x {args.steps} steps; median [range of round medians])", "",
+                 f"x 1 thread{' over loopback TCP' if args.tcp else ''} ({args.rounds} rounds x {args.steps} steps; "
+                 f"median [range of round medians])", "",
              f"| model | 1 process, threads (micro-batch) | {args.ranks} ranks x 1 thread | ranks / threads |",
              "| --- | --- | --- | --- |"]
     for m in args.model:
         th, rk = results[m, "threads"], results[m, "ranks"]
         (t_med, t_lo, t_hi), (r_med, r_lo, r_hi) = _summary(th), _summary(rk)
         lines.append(f"| {m} | {t_med:.1f} ms [{t_lo:.1f}-{t_hi:.1f}] ({th[0]['micro_batch']} x "
-                     f"{th[0]['micro_threads']} threads) | {r_med:.1f} ms [{r_lo:.1f}-{r_hi:.1f}] | {r_med / t_med:.2f} |")
+                     f"{th[0]['micro_threads']} threads) | {r_med:.1f} ms [{r_lo:.1f}-{r_hi:.1f}] "
+                     f"| {r_med / t_med:.2f} |")
     lines += ["", f"Where rank 0's step goes (ms, medians of the runs' means; the Allreduce and BatchNorm's gathers "
                   f"include waiting for the slower rank), and the same Allreduce timed alone:", "",
               "| model | data | forward + backward | of which BatchNorm gathers | Allreduce | optimizer "
@@ -233,6 +238,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--tcp", action="store_true", help="ranks talk over loopback TCP (MPICH's network path, as "
+                   "between machines) instead of shared memory")
     p.add_argument("--json", help="also write every run's figures here")
     p.add_argument("--mpiexec", default=None, help="the launcher (default: mpiexec beside this Python, or on PATH)")
     p.add_argument("--worker", choices=["threads", "ranks"], help=argparse.SUPPRESS)  # one timed run

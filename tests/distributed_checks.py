@@ -192,6 +192,18 @@ def failing_rank_aborts(comm):
     print("not reached", flush=True)
 
 
+@check
+def killed_rank_ends_the_job(comm):
+    """A rank killed outright (out of memory, kill -9) cannot say anything: mpiexec notices."""
+    import os
+    import signal
+
+    if comm.rank == comm.size - 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    comm.barrier()
+    print("not reached", flush=True)
+
+
 # ---------------------------------------------------------------------------- training script
 
 

@@ -103,6 +103,13 @@ def test_a_failing_rank_ends_the_job_naming_itself():
     assert "not reached" not in proc.stdout
 
 
+@needs_mpi
+def test_a_killed_rank_ends_the_job():
+    proc = mpirun(2, CHECKS, "killed-rank-ends-the-job", timeout=60)
+    assert proc.returncode != 0 and "not reached" not in proc.stdout
+    assert "BAD TERMINATION" in proc.stdout + proc.stderr  # hydra's report, naming the process
+
+
 # ---------------------------------------------------------------------------- the training script
 
 
@@ -141,7 +148,7 @@ def test_ranks_hold_identical_weights_after_every_step_under_a_budget(fmnist, tm
     proc = ok(mpirun(2, CHECKS, "train-identical-replicas", *argv))
     steps = int(proc.stdout.split("identical after ")[1].split()[0])
     epochs = len(metrics(out))
-    assert epochs >= 2 and 4 * (epochs - 1) < steps <= 4 * epochs  # 4 batches an epoch; the last may stop early
+    assert epochs >= 1 and 4 * (epochs - 1) < steps <= 4 * epochs  # 4 batches an epoch; the last may stop early
 
 
 @needs_mpi
