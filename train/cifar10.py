@@ -10,7 +10,8 @@ writes a checkpoint (model, optimizer, schedule, RNG states, epoch) atomically t
 exactly the metrics of an uninterrupted run. At the end: ``OUT/curves.png``, ``OUT/model.npz``
 and a one-screen summary. ``--budget SECONDS`` trains for a wall-clock budget (evaluation
 included) and runs the learning-rate schedule on elapsed time, so the schedule completes
-whatever the machine's speed.
+whatever the machine's speed. Under ``mpiexec -n N`` the run spans N processes, each computing
+its slice of every batch (``train/distributed.py``, ``docs/scaling.md``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tinygrad_cnn.backend import reuse_freed_memory
 from tinygrad_cnn.io import CheckpointError, atomic_write, load_state, save_state
 from models import MODELS
 from models.seed_cnn import seed_init
+from train.distributed import DISTRIBUTED_HELP, LaunchError, SingleProcess, team_from_args
 
 CHECKPOINT = "checkpoint.npz"
 UNCAPPED = 10**6  # the epoch "limit" of a --budget run without --epochs
@@ -116,6 +118,7 @@ def build_parser():
                    "thread, which then share the batch's statistics)")
     p.add_argument("--micro-threads", type=int, help="micro-batches run at once, one per core")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None, help=DISTRIBUTED_HELP)
     return p
 
 
@@ -199,9 +202,10 @@ def check_micro_batching(cfg: Config, model):
                          f"--micro-batch {resolve_micro_batch(PER_THREAD, cfg.batch_size, cfg.micro_threads)} or 0")
 
 
-def _loss_and_logits(model, x, y, label_smoothing):
+def _loss_and_logits(model, x, y, label_smoothing, scale=1.0):
     logits = model(tc.Tensor(x))
-    return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits.data
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return (loss if scale == 1.0 else loss * scale), logits.data
 
 
 def build_optimizer(cfg: Config, model):
@@ -254,22 +258,30 @@ def _progress(total, desc, enabled):
 # ----------------------------------------------------------------------------------- the run
 
 
-def run(cfg: Config, log=print, command=None):
-    """Train as ``cfg`` says; return the summary dict (also written to OUT/summary.json)."""
+def run(cfg: Config, log=print, command=None, team=None):
+    """Train as ``cfg`` says; return the summary dict (also written to OUT/summary.json).
+    ``team`` (``train.distributed``): the processes the run spans; by default this one."""
+    team = team or SingleProcess()
+    cfg = team.agree_config(cfg)  # rank 0's settings: its output directory may be the only one
+    log = log if team.is_root else (lambda *args, **kwargs: None)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if team.is_root:
+        out.mkdir(parents=True, exist_ok=True)
     rng.manual_seed(cfg.seed)
     train_loader, test_loader = load_data(cfg)
+    train_loader, test_loader = team.shard(train_loader), team.shard(test_loader, evaluation=True)
     model = build_model(cfg, train_loader.dataset.images.shape[1:])
+    team.bcast_parameters(model)
     check_micro_batching(cfg, model)
     sync_batch_norm = uses_batch_statistics(model)  # its micro-batches are shards of one batch
+    micro_batch, micro_threads = team.micro_batching(cfg, sync_batch_norm)
     optimizer = build_optimizer(cfg, model)
     params = list(model.parameters())
     schedule = build_schedule(cfg, optimizer, len(train_loader))
     history, start_epoch, elapsed = [], 0, 0.0
 
     if cfg.resume:
-        state = load_checkpoint(out / CHECKPOINT)
+        state = team.load_checkpoint(load_checkpoint, out / CHECKPOINT)
         check_resumable(cfg, state["config"], out / CHECKPOINT)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -278,10 +290,13 @@ def run(cfg: Config, log=print, command=None):
         train_loader.load_state_dict(state["loader"])
         rng.set_state(state["rng"])
         history, start_epoch, elapsed = list(state["history"]), int(state["epoch"]), float(state["elapsed"])
-        write_metrics(out, history)
+        if team.is_root:
+            write_metrics(out, history)
         log(f"resumed from {out / CHECKPOINT} after epoch {start_epoch}")
-    elif (out / METRICS).exists():
+    elif team.is_root and (out / METRICS).exists():
         (out / METRICS).unlink()  # a fresh run starts a fresh log
+    if team.size > 1:
+        log(f"distributed: {team.size} ranks, each computing 1/{team.size} of every batch of {cfg.batch_size}")
 
     started = time.perf_counter() - elapsed
     out_of_time = False
@@ -294,19 +309,24 @@ def run(cfg: Config, log=print, command=None):
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         total = "" if cfg.epochs == UNCAPPED else f"/{cfg.epochs}"
-        bar = _progress(len(train_loader), f"epoch {epoch + 1}{total}", cfg.progress)
-        for x, y in train_loader:
+        bar = _progress(len(train_loader), f"epoch {epoch + 1}{total}", cfg.progress and team.is_root)
+        for x, y in train_loader:  # with several ranks: this rank's slice of each batch
             if cfg.budget is not None and schedule is not None:
-                schedule.set_progress(min((time.perf_counter() - started) / (cfg.budget - eval_reserve), 1.0))
+                now = team.agree(time.perf_counter() - started)  # rank 0's clock sets every rank's lr
+                schedule.set_progress(min(now / (cfg.budget - eval_reserve), 1.0))
             optimizer.zero_grad()
-            if cfg.micro_batch:
-                loss, logits = tc.parallel.accumulate_gradients(
-                    lambda xb, yb: _loss_and_logits(model, xb, yb, cfg.label_smoothing), (x, y), params,
-                    cfg.micro_batch, cfg.micro_threads, sync_batch_norm=sync_batch_norm)
-            else:
-                loss, logits = _loss_and_logits(model, x, y, cfg.label_smoothing)
-                loss.backward()
-                loss = loss.item()
+            scale = team.loss_scale(train_loader)  # 1, unless this rank's slice is not 1/N of the batch
+            with team.sync_batch_norm():
+                if micro_batch:
+                    loss, logits = tc.parallel.accumulate_gradients(
+                        lambda xb, yb: _loss_and_logits(model, xb, yb, cfg.label_smoothing, scale), (x, y), params,
+                        micro_batch, micro_threads, sync_batch_norm=sync_batch_norm)
+                else:
+                    loss, logits = _loss_and_logits(model, x, y, cfg.label_smoothing, scale)
+                    loss.backward()
+                    loss = loss.item()
+            loss /= scale
+            team.reduce_gradients(params)
             optimizer.step()
             if cfg.budget is None and schedule is not None:
                 schedule.step()
@@ -316,31 +336,36 @@ def run(cfg: Config, log=print, command=None):
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
-            if cfg.budget is not None and time.perf_counter() - started + eval_reserve >= cfg.budget:
+                                img_s=f"{seen * team.size / (time.perf_counter() - t0):.0f}", refresh=False)
+            if cfg.budget is not None and team.agree(time.perf_counter() - started) + eval_reserve >= cfg.budget:
                 out_of_time = True
                 break
         if bar is not None:
             bar.close()
+        loss_sum, correct, seen = team.sum(loss_sum, correct, seen)  # over every rank's slices
         train_time = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, test_loader)
+        test_loss, test_acc = team.evaluate(evaluate, model, test_loader)
         elapsed = time.perf_counter() - started
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                   "test_loss": test_loss, "test_acc": test_acc, "images": seen,
                   "lr": float(optimizer.param_groups[0]["lr"]), "train_time": train_time,
                   "eval_time": time.perf_counter() - t0 - train_time, "wall_time": elapsed}
+        record = team.agree(record)  # rank 0's timings, so that every rank plans the budget alike
         history.append(record)
         eval_reserve = 1.5 * record["eval_time"]
-        save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history, elapsed)
-        with open(out / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if team.is_root:  # the one writer: no file is ever written by two ranks
+            save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history, elapsed)
+            with open(out / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
         log(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
             f"test loss {test_loss:.4f} acc {test_acc:.4f}  {train_time:.1f}s (+{record['eval_time']:.1f}s eval)  "
             f"wall {elapsed:.0f}s")
 
-    model.save(out / "model.npz")
     summary = summarize(cfg, model, history)
     summary["command"] = command or ""
+    if not team.is_root:
+        return summary
+    model.save(out / "model.npz")
     atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if history:
         from train.plots import plot_curves
@@ -421,8 +446,10 @@ def main(argv=None):
     reuse_freed_memory()  # big per-step arrays: reuse heap blocks instead of page-faulting fresh mmaps
     try:
         argv = sys.argv[1:] if argv is None else argv
-        run(config_from_args(args, parser), command=" ".join(["python -m train.cifar10", *argv]))
-    except (data.DatasetError, CheckpointError, OSError) as e:  # OSError: data not found, download failed
+        team = team_from_args(args)
+        with team.guard():  # under MPI: a rank that fails ends the job, naming itself
+            run(config_from_args(args, parser), command=" ".join(["python -m train.cifar10", *argv]), team=team)
+    except (data.DatasetError, CheckpointError, OSError, LaunchError) as e:  # OSError: data not found, download failed
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
