@@ -96,7 +96,7 @@ def _step_runner(model_name, batch, team, micro_threads=0, seed=0):
 
 def worker(args):
     """Time ``args.steps`` steps after ``args.warmup``; rank 0 prints one JSON line."""
-    from tinygrad_cnn.backend import reuse_freed_memory
+    from tinygrad_cnn.allocator import reuse_freed_memory
     from train.distributed import MPITeam, SingleProcess
 
     reuse_freed_memory()  # as train.cifar10.main does

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import backend
+from . import threads
 from .tensor import Tensor, _accumulate
 
 __all__ = ["MPIUnavailable", "Communicator", "ShardedLoader", "init", "launch_size", "INSTALL_HINT"]
@@ -296,7 +296,7 @@ class Communicator:
             return
         # Each process holds its own replica of the model, and is the one shard that updates
         # its running statistics: shard 0 of its own batch, as far as the op is concerned.
-        with backend.batch_shard(self._bn_group, 0):
+        with threads.batch_shard(self._bn_group, 0):
             yield
 
     # ------------------------------------------------------------------ failures
@@ -365,7 +365,7 @@ class Communicator:
 
 class _BatchNormGroup:
     """The ranks of a job as the shard group that ``ops/norm.py``'s BatchNorm gathers its
-    per-channel statistics from (``backend.ShardGroup``'s contract, across processes):
+    per-channel statistics from (``threads.ShardGroup``'s contract, across processes):
     ``gather(rank, what, value)`` returns every rank's ``value`` in rank order. ``value`` is a
     tuple of numbers and arrays; they travel as raw bytes, so each comes back with its exact
     bits and type (a Python int stays an int). A digest of ``what`` and of the values' layout

@@ -21,7 +21,7 @@ import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 
-from tinygrad_cnn import backend
+from tinygrad_cnn import blas
 
 DISTRIBUTED_HELP = ("train as one rank of an MPI job (mpiexec -n N python -m train.cifar10 ...): each rank "
                     "computes its slice of every batch; default: on when launched by mpiexec with N > 1")
@@ -114,7 +114,7 @@ class MPITeam:
         os.environ.setdefault("TINYGRAD_CNN_THREADS", str(cores))
         blas_set = any(v in os.environ for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))
         with self.comm.abort_on_failure(expected=(DatasetError, CheckpointError, OSError, LaunchError)):
-            with nullcontext() if blas_set else backend.blas_threads(cores):
+            with nullcontext() if blas_set else blas.blas_threads(cores):
                 yield
 
     def agree(self, value):
