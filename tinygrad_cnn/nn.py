@@ -17,7 +17,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import current_shard, is_floating
-from .io import CheckpointError, load_arrays, save_arrays
+from .io import CheckpointError, cast_loaded, load_arrays, save_arrays
 from .rng import default_generator
 from .tensor import Tensor, scope
 
@@ -215,15 +215,18 @@ class Module:
             problems.append("unexpected keys " + ", ".join(unexpected))
         if problems:
             raise KeyError(f"load_state_dict: {type(self).__name__}: " + " | ".join(problems))
-        for k, (m, name, kind) in slots.items():
-            if k not in state_dict:
-                continue
-            value = np.asarray(state_dict[k])
+        values = {}  # every value converted before any is stored: an error changes nothing
+        for k, slot in slots.items():
+            if k in state_dict:
+                kind = "parameter" if slot[2] == "param" else "buffer"
+                values[k] = cast_loaded(state_dict[k], self._slot_value(slot).dtype,
+                                        f"load_state_dict: {type(self).__name__}: {kind} {k}")
+        for k, value in values.items():
+            m, name, kind = slots[k]
             if kind == "param":
-                p = m._parameters[name]
-                p.data = value.astype(p.dtype, copy=True)
+                m._parameters[name].data = value
             else:
-                m._buffers[name] = value.astype(m._buffers[name].dtype, copy=True)
+                m._buffers[name] = value
         return IncompatibleKeys(missing, unexpected)
 
     @staticmethod
@@ -240,7 +243,7 @@ class Module:
         state = load_arrays(path)
         try:
             return self.load_state_dict(state, strict=strict)
-        except KeyError as e:
+        except (KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: {e.args[0]}") from None
 
     # --- printing ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import numbers
 import numpy as np
 
 from .backend import array_module, is_array
+from .io import cast_loaded
 from .tensor import Tensor, enable_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW",
@@ -85,6 +86,14 @@ def _as_number(v):
     return v
 
 
+def _whole(v):
+    """A Python int from an integral number (a fraction or a complex number is refused, not truncated)."""
+    v = _as_number(v)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v != int(v):
+        raise ValueError(f"expected a whole number, got {v!r}")
+    return int(v)
+
+
 def _as_list(v):
     if is_array(v):
         return np.asarray(v).ravel().tolist()
@@ -96,7 +105,7 @@ def _coerce_like(current, value):
     if isinstance(current, bool):
         return bool(_as_number(value))
     if isinstance(current, numbers.Integral):
-        return int(_as_number(value))
+        return _whole(value)
     if isinstance(current, numbers.Real):
         return float(_as_number(value))
     if isinstance(current, (tuple, list)):
@@ -351,12 +360,19 @@ class Optimizer:
             st = {}
             for key, v in entry.items():
                 if key == "step":
-                    st[key] = int(_as_number(v))
+                    try:
+                        st[key] = _whole(v)
+                    except (TypeError, ValueError, OverflowError) as e:
+                        raise ValueError(f"{name}: state 'step' of parameter {idx}: {e}") from None
                     continue
                 shape = tuple(np.shape(v)) if not hasattr(v, "shape") else tuple(v.shape)
                 if shape != tuple(p.data.shape):
                     raise ValueError(f"{name}: state {key!r} of parameter {idx} has shape {shape}, but the "
                                      f"parameter has shape {tuple(p.data.shape)}")
+                try:  # a complex or fractional value is refused, never truncated
+                    v = cast_loaded(_to_numpy(v), p.data.dtype, f"{name}: state {key!r} of parameter {idx}")
+                except TypeError as e:
+                    raise ValueError(str(e)) from None
                 st[key] = xp.array(v, dtype=p.data.dtype, copy=True)
             new_state[p] = st
         self.param_groups = new_groups
@@ -666,8 +682,8 @@ class LRScheduler:
             raise ValueError(f"{name}: the state dict has {len(base_lrs)} base lr(s) and {len(last_lr)} last "
                              f"lr(s), but the optimizer has {n} param group(s)")
         hyper = {k: _coerce_like(getattr(self, k), state_dict[k]) for k in self._hyper_keys}
-        self.last_epoch = int(_as_number(state_dict["last_epoch"]))
-        self._step_count = int(_as_number(state_dict["_step_count"]))
+        self.last_epoch = _whole(state_dict["last_epoch"])
+        self._step_count = _whole(state_dict["_step_count"])
         self.base_lrs = base_lrs
         for k, v in hyper.items():
             setattr(self, k, v)
