@@ -50,11 +50,15 @@ def _count(owner, name, value, minimum=1):
     return int(value)
 
 
-def _real(owner, name, value, lo=None, hi=None, lo_open=False, hi_open=False):
-    """``value`` as a Python float, or a ValueError/TypeError naming ``owner`` and ``name``."""
+def _real(owner, name, value, lo=None, hi=None, lo_open=False, hi_open=False, finite=True):
+    """``value`` as a Python float, or a ValueError/TypeError naming ``owner`` and ``name``.
+    NaN is always refused, and so is an infinity unless ``finite`` is False (an infinite
+    learning rate or momentum trains on NaN from the first step)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number; got {value!r} ({type(value).__name__})")
     v = float(value)
+    if finite and math.isinf(v):
+        raise ValueError(f"{owner}: invalid {name} {value!r} (must be finite)")
     bad = math.isnan(v)
     if lo is not None:
         bad |= v <= lo if lo_open else v < lo
@@ -63,7 +67,7 @@ def _real(owner, name, value, lo=None, hi=None, lo_open=False, hi_open=False):
     if bad:
         lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
         hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-        rule = " and ".join(s for s in (lo_s, hi_s) if s)
+        rule = " and ".join(s for s in (lo_s, hi_s) if s) or "a number, not NaN"
         raise ValueError(f"{owner}: invalid {name} {value!r} (must be {rule})")
     return v
 
@@ -580,7 +584,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     Returns the total norm before clipping, as a Python float (0.0 when no parameter has a grad)."""
     if isinstance(parameters, Tensor):
         parameters = [parameters]
-    max_norm = _real("clip_grad_norm_", "max_norm", max_norm, lo=0)
+    max_norm = _real("clip_grad_norm_", "max_norm", max_norm, lo=0, finite=False)  # inf: no clipping
     norm_type = float(norm_type)
     grads = []
     for p in parameters:
@@ -611,6 +615,13 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 
 
 # ------------------------------------------------------------------------ LR schedulers
+
+
+def _progress(owner, fraction):
+    """A schedule's progress clamped to [0, 1]; NaN (e.g. a clock divided by a NaN budget) is
+    an error, not a NaN learning rate."""
+    f = _real(owner, "progress fraction", fraction, finite=False)
+    return min(max(f, 0.0), 1.0)
 
 
 class LRScheduler:
@@ -769,7 +780,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def lr_at(self, fraction):
         """The lrs (one per group) at progress ``fraction`` in [0, 1] (clamped)."""
-        return self._at(min(max(float(fraction), 0.0), 1.0) * self.T_max)
+        return self._at(_progress(type(self).__name__, fraction) * self.T_max)
 
     def set_progress(self, fraction):
         """Set every group's lr to ``lr_at(fraction)`` (``last_epoch`` is left alone)."""
@@ -846,8 +857,8 @@ class OneCycleLR(LRScheduler):
             if len(value) != n:
                 raise ValueError(f"OneCycleLR: expected {n} values for {name} (one per param group), "
                                  f"got {len(value)}")
-            return [_real("OneCycleLR", name, v) for v in value]
-        return [_real("OneCycleLR", name, value)] * n
+            return [_real("OneCycleLR", name, v, lo=0) for v in value]
+        return [_real("OneCycleLR", name, value, lo=0)] * n
 
     def _build_phases(self):
         T, pct = self.total_steps, self.pct_start
@@ -907,7 +918,7 @@ class OneCycleLR(LRScheduler):
         return lrs
 
     def _progress_step(self, fraction):
-        return min(max(float(fraction), 0.0), 1.0) * (self.total_steps - 1)
+        return _progress(type(self).__name__, fraction) * (self.total_steps - 1)
 
     def lr_at(self, fraction):
         """The lrs (one per group) at progress ``fraction`` in [0, 1] (clamped)."""
