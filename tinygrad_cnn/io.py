@@ -63,9 +63,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(path) -> list:
+def remove_stale_temps(path, suffix="") -> list:
     """Delete the temporary files that writers of ``path`` killed mid-write left beside it
-    (``.tmp-<pid>-<random>-<name>`` whose process is gone); return the paths removed.
+    (``.tmp-<pid>-<random>-<name><suffix>`` whose process is gone); return the paths removed.
     A temporary file of a writer still running is left alone."""
     directory, name = os.path.split(os.path.abspath(os.fspath(path)))
     try:
@@ -74,7 +74,7 @@ def remove_stale_temps(path) -> list:
         return []
     removed = []
     for entry in entries:
-        if not (entry.startswith(_TMP_PREFIX) and entry.endswith("-" + name)):
+        if not (entry.startswith(_TMP_PREFIX) and entry.endswith(f"-{name}{suffix}")):
             continue
         pid = entry[len(_TMP_PREFIX):].split("-", 1)[0]
         if not pid.isdigit() or _pid_alive(int(pid)):
