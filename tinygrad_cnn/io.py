@@ -42,7 +42,7 @@ def _umask() -> int:
     return mask
 
 
-def _new_file_mode(path) -> int:
+def file_mode_for(path) -> int:
     """The mode a plain ``open(path, "w")`` would leave: the existing file's, else 0666 less the umask."""
     try:
         st = os.stat(path)  # through a symlink: the file the name meant
@@ -104,7 +104,7 @@ def atomic_write(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     remove_stale_temps(path)
-    mode = _new_file_mode(path)
+    mode = file_mode_for(path)
     fd, tmp = temp_file_beside(path)
     try:
         os.fchmod(fd, mode)
