@@ -143,3 +143,18 @@ def test_a_bad_budget_is_an_error_line(budget, capsys, tmp_path):
     assert compare.main(["--budget", budget, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --budget must be a finite number of seconds > 0") and len(err.splitlines()) == 1
+
+
+def test_reports_and_the_readme_say_which_data_the_figures_come_from(tmp_path):
+    """The figures come from a JPEG-rebuilt archive, and Fashion-MNIST needs a Debian package:
+    the README, the tracked report and every regenerated one say so."""
+    runs = tmp_path / "runs"
+    _write_run(runs / "seed_cnn", "seed_cnn", [0.5, 0.7], [50000, 50000])
+    rc, report = _report(tmp_path)
+    assert rc == 0
+    root = Path(__file__).resolve().parents[1]
+    for text in (report.read_text(), (root / "docs" / "results.md").read_text(), (root / "README.md").read_text()):
+        flat = " ".join(text.split())
+        assert "rebuilt from the public JPEG copy of CIFAR-10" in flat
+        assert "apt-get install -y dataset-fashion-mnist" in flat
+    assert "\n".join(compare.DATA_NOTE) in (root / "docs" / "results.md").read_text()

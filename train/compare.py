@@ -35,6 +35,16 @@ SEED_REFERENCE = [
 ]
 
 
+# What the figures were measured on: said in every report, as in the README.
+DATA_NOTE = [
+    "Data: every CIFAR-10 figure here comes from `shared/data/cifar-10-binary.tar.gz` (sha256 `8da5152f...`),",
+    "the official binary layout *rebuilt from the public JPEG copy of CIFAR-10*: the JPEG round trip lowers",
+    "accuracies a little, so the official archive gives somewhat higher figures with the same commands.",
+    "Runs with `--dataset fashion-mnist` need Fashion-MNIST's files: `apt-get install -y dataset-fashion-mnist`",
+    "(Debian's package, into `/usr/share/datasets/fashion-mnist/`).",
+]
+
+
 # The targets: (what, model, recipe, test accuracy at least, within seconds of wall time).
 TARGETS = [
     ("SeedCNN, better recipe: >= 68% within 5 minutes", "seed_cnn", "default", 0.68, 300.0),
@@ -122,7 +132,9 @@ def write_report(runs, path, plot_path):
         f"Machine: {machine()}. Train accuracy/loss are running averages over each epoch's (augmented)",
         "batches; test figures are on the 10,000 test images after the epoch. Wall time includes the",
         "per-epoch evaluation. Regenerate with the commands in the last column (and",
-        "`python -m train.compare --report-only --extra DIR ...` for the table).",
+        "`python -m train.compare --report-only --extra DIR ... --report docs/results.md` for the table).",
+        "",
+        *DATA_NOTE,
         "",
         "| run | seed | epochs | train acc | test acc | train loss | test loss | wall time | parameters | command |",
         "|---|---|---|---|---|---|---|---|---|---|",
