@@ -342,8 +342,10 @@ def _progress(total, desc, enabled, initial=0):
 
 
 class _StopOnInterrupt:
-    """While training (in the main thread), the first Ctrl-C asks the loop to stop at the next
-    step boundary, where a checkpoint can be saved; a second one stops at once."""
+    """While active (in the main thread), the first Ctrl-C asks the training loop to stop at the
+    next step boundary, where a checkpoint can be saved; a second one stops at once."""
+
+    requested = False
 
     def __enter__(self):
         self.requested, self._installed, self._previous = False, False, None
@@ -363,6 +365,9 @@ class _StopOnInterrupt:
         if self._installed:
             signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
         return False
+
+
+_StopOnInterrupt.never = _StopOnInterrupt()  # for run() called without a handler: never requested
 
 
 # ----------------------------------------------------------------------------------- the run
@@ -425,12 +430,14 @@ def _restore(path, state, model, optimizer, schedule, train_loader):
     return history, elapsed, partial
 
 
-def run(cfg: Config, log=print, command=None, overwrite=False):
+def run(cfg: Config, log=print, command=None, overwrite=False, interrupt=None):
     """Train as ``cfg`` says; return the summary dict (also written to OUT/summary.json).
 
     Raises ``ConfigError`` for a setting that cannot work or an output folder holding another
-    run (unless ``overwrite``), ``CheckpointError`` for a checkpoint that cannot be resumed, and
-    ``Interrupted`` after Ctrl-C (with a checkpoint saved at the step it stopped after)."""
+    run (unless ``overwrite``), and ``CheckpointError`` for a checkpoint that cannot be resumed.
+    ``interrupt`` (``main`` passes its Ctrl-C handler): once its ``requested`` is true, the run
+    saves a checkpoint after the current step and raises ``Interrupted``."""
+    interrupt = interrupt or _StopOnInterrupt.never
     check_config(cfg)
     out = Path(cfg.out)
     check_out(out, cfg.resume, overwrite)
@@ -458,87 +465,84 @@ def run(cfg: Config, log=print, command=None, overwrite=False):
         evals = [r["eval_time"] for r in history if "eval_time" in r]
         budget = Budget(cfg.budget, spent=elapsed, clock=clock, eval_time=max(evals) if evals else None)
         budget_spent = budget_spent or (bool(history) and partial is None and not budget.room_for_step())
-    finished = len(history) >= cfg.epochs or budget_spent
-    if cfg.resume and finished and partial is None:
+    if cfg.resume and partial is None and (len(history) >= cfg.epochs or budget_spent):
         done = _finished_summary(out)
         if done is not None:  # nothing to train, nothing to rewrite
             log(f"nothing to do: the run in {out} finished ({len(history)} epochs"
                 + (", its budget used" if budget_spent else "") + f"); its results are in {out / SUMMARY}")
             return done
 
-    with _StopOnInterrupt() as interrupt:
-        epoch = len(history)
-        while not finished:
-            t0 = clock()
-            loss_sum, correct, seen = 0.0, 0, 0
-            if partial is not None:  # resuming inside an epoch
-                loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
-                t0 -= partial["train_time"]
-                partial = None
-            total = "" if cfg.epochs == UNCAPPED else f"/{cfg.epochs}"
-            bar = _progress(len(train_loader), f"epoch {epoch + 1}{total}", cfg.progress,
-                            initial=-(-seen // cfg.batch_size))
-            for x, y in train_loader:
-                if budget is not None and not budget.room_for_step():
-                    budget_spent = True  # this step and the evaluation after it would not fit
-                    break
-                step_start = clock()
-                if budget is not None and schedule is not None:
-                    schedule.set_progress(budget.progress())
-                optimizer.zero_grad()
-                if cfg.micro_batch:
-                    loss, logits = tc.parallel.accumulate_gradients(
-                        lambda xb, yb: _loss_and_logits(model, xb, yb, cfg.label_smoothing), (x, y), params,
-                        cfg.micro_batch, cfg.micro_threads, sync_batch_norm=sync_batch_norm)
-                else:
-                    loss, logits = _loss_and_logits(model, x, y, cfg.label_smoothing)
-                    loss.backward()
-                    loss = loss.item()
-                optimizer.step()
-                if budget is None and schedule is not None:
-                    schedule.step()
-                loss_sum += loss * len(y)
-                correct += int((logits.argmax(axis=1) == y).sum())
-                seen += len(y)
-                if budget is not None:
-                    budget.note_step(clock() - step_start, len(y), len(test_loader.dataset))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                    img_s=f"{seen / (clock() - t0):.0f}", refresh=False)
-                if interrupt.requested:
-                    break
-            if bar is not None:
-                bar.close()
-            train_time = clock() - t0
-            if interrupt.requested and train_loader.state_dict()["batch"]:  # stopped inside the epoch
-                partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "train_time": train_time}
-                save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history,
-                                clock() - started, partial=partial)
-                raise Interrupted(f"in epoch {epoch + 1}, after {seen} of its images")
-            if seen == 0:  # the budget ended the run at an epoch boundary: the last evaluation stands
+    for epoch in range(len(history), cfg.epochs):
+        if budget_spent:
+            break
+        t0 = clock()
+        loss_sum, correct, seen = 0.0, 0, 0
+        if partial is not None:  # resuming inside an epoch
+            loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
+            t0 -= partial["train_time"]
+            partial = None
+        total = "" if cfg.epochs == UNCAPPED else f"/{cfg.epochs}"
+        bar = _progress(len(train_loader), f"epoch {epoch + 1}{total}", cfg.progress,
+                        initial=-(-seen // cfg.batch_size))
+        for x, y in train_loader:
+            if budget is not None and not budget.room_for_step():
+                budget_spent = True  # this step and the evaluation after it would not fit
                 break
-            test_loss, test_acc = evaluate(model, test_loader)
-            elapsed = clock() - started
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                      "test_loss": test_loss, "test_acc": test_acc, "images": seen,
-                      "lr": float(optimizer.param_groups[0]["lr"]), "train_time": train_time,
-                      "eval_time": clock() - t0 - train_time, "wall_time": elapsed}
-            history.append(record)
-            epoch += 1
+            step_start = clock()
+            if budget is not None and schedule is not None:
+                schedule.set_progress(budget.progress())
+            optimizer.zero_grad()
+            if cfg.micro_batch:
+                loss, logits = tc.parallel.accumulate_gradients(
+                    lambda xb, yb: _loss_and_logits(model, xb, yb, cfg.label_smoothing), (x, y), params,
+                    cfg.micro_batch, cfg.micro_threads, sync_batch_norm=sync_batch_norm)
+            else:
+                loss, logits = _loss_and_logits(model, x, y, cfg.label_smoothing)
+                loss.backward()
+                loss = loss.item()
+            optimizer.step()
+            if budget is None and schedule is not None:
+                schedule.step()
+            loss_sum += loss * len(y)
+            correct += int((logits.argmax(axis=1) == y).sum())
+            seen += len(y)
             if budget is not None:
-                budget.note_eval(record["eval_time"])
-                budget_spent = budget_spent or not budget.room_for_step()
-            finished = epoch >= cfg.epochs or budget_spent
-            save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history, elapsed,
-                            budget_spent=budget_spent)
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log(f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
-                f"test loss {test_loss:.4f} acc {test_acc:.4f}  {train_time:.1f}s (+{record['eval_time']:.1f}s eval)  "
-                f"wall {elapsed:.0f}s")
-            if interrupt.requested and not finished:
-                raise Interrupted(f"after epoch {epoch}")
+                budget.note_step(clock() - step_start, len(y), len(test_loader.dataset))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                img_s=f"{seen / (clock() - t0):.0f}", refresh=False)
+            if interrupt.requested:
+                break
+        if bar is not None:
+            bar.close()
+        train_time = clock() - t0
+        if interrupt.requested and train_loader.state_dict()["batch"]:  # stopped inside the epoch
+            partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "train_time": train_time}
+            save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history,
+                            clock() - started, partial=partial)
+            raise Interrupted(f"in epoch {epoch + 1}, after {seen} of its images")
+        if seen == 0:  # the budget ended the run at an epoch boundary: the last evaluation stands
+            break
+        test_loss, test_acc = evaluate(model, test_loader)
+        elapsed = clock() - started
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                  "test_loss": test_loss, "test_acc": test_acc, "images": seen,
+                  "lr": float(optimizer.param_groups[0]["lr"]), "train_time": train_time,
+                  "eval_time": clock() - t0 - train_time, "wall_time": elapsed}
+        history.append(record)
+        if budget is not None:
+            budget.note_eval(record["eval_time"])
+            budget_spent = budget_spent or not budget.room_for_step()
+        save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history, elapsed,
+                        budget_spent=budget_spent)
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+            f"test loss {test_loss:.4f} acc {test_acc:.4f}  {train_time:.1f}s (+{record['eval_time']:.1f}s eval)  "
+            f"wall {elapsed:.0f}s")
+        if interrupt.requested and epoch + 1 < cfg.epochs and not budget_spent:
+            raise Interrupted(f"after epoch {epoch + 1}")
 
     model.save(out / "model.npz")
     summary = summarize(cfg, model, history)
@@ -641,8 +645,10 @@ def main(argv=None):
     resume = f"python -m train.cifar10 --resume --out {out}"
     try:
         argv = sys.argv[1:] if argv is None else argv
-        run(config_from_args(args, parser), command=" ".join(["python -m train.cifar10", *argv]),
-            overwrite=args.overwrite)
+        cfg = config_from_args(args, parser)
+        with _StopOnInterrupt() as interrupt:
+            run(cfg, command=" ".join(["python -m train.cifar10", *argv]), overwrite=args.overwrite,
+                interrupt=interrupt)
     except (data.DatasetError, CheckpointError, ConfigError, OSError) as e:  # OSError: data not found, download failed
         print(f"error: {e}", file=sys.stderr)
         return 2
