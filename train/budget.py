@@ -5,7 +5,7 @@ the evaluation after it still fit (:meth:`Budget.room_for_step`), and runs the l
 schedule on the share of the training time used (:meth:`Budget.progress`). Both rest on
 estimates kept here: the longest recent step, and the longest evaluation so far times 1.5
 (before the first evaluation: the test set at the training speed, about three times what a
-forward pass needs). A safety margin of 1% of the budget (at least 0.2 s) absorbs the noise
+forward pass needs). A safety margin of 0.5% of the budget (at least 0.2 s) absorbs the noise
 of a shared machine, so a 300 s run reports at most 300 s, as the report checks.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections import deque
 
 EVAL_FACTOR = 1.5     # the evaluation reserve: the longest evaluation seen, times this
-MARGIN = 0.01         # of the budget, kept free for noise
+MARGIN = 0.005        # of the budget, kept free for noise
 MIN_MARGIN = 0.2      # seconds
 RECENT_STEPS = 20     # the step estimate is the longest of these
 

@@ -454,8 +454,6 @@ def run(cfg: Config, log=print, command=None, overwrite=False, interrupt=None):
         history, elapsed, partial = _restore(out / CHECKPOINT, state, model, optimizer, schedule, train_loader)
         budget_spent = bool(state.get("budget_spent", False))
         write_metrics(out, history)
-        log(f"resumed from {out / CHECKPOINT} after epoch {len(history)}"
-            + (f" and {partial['seen']} images of the next" if partial else ""))
     elif (out / METRICS).exists():
         (out / METRICS).unlink()  # a fresh run starts a fresh log
 
@@ -471,6 +469,9 @@ def run(cfg: Config, log=print, command=None, overwrite=False, interrupt=None):
             log(f"nothing to do: the run in {out} finished ({len(history)} epochs"
                 + (", its budget used" if budget_spent else "") + f"); its results are in {out / SUMMARY}")
             return done
+    if cfg.resume:
+        log(f"resumed from {out / CHECKPOINT} after epoch {len(history)}"
+            + (f" and {partial['seen']} images of the next" if partial else ""))
 
     for epoch in range(len(history), cfg.epochs):
         if budget_spent:
