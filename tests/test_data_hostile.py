@@ -178,3 +178,14 @@ def test_the_download_bar_only_shows_on_a_terminal(tmp_path, capsys):
         assert capsys.readouterr().err == ""
         download_file(base + "/c.tgz", tmp_path / "b.tgz", progress=True)
         assert "downloading b.tgz" in capsys.readouterr().err
+
+
+def test_a_downloaded_file_gets_the_mode_of_the_umask(tmp_path):
+    raw = os.urandom(100)
+    old = os.umask(0o022)
+    try:
+        with http_server({"/c.tgz": raw}) as base:
+            path = download_file(base + "/c.tgz", tmp_path / NAME, progress=False)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

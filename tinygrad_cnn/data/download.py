@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..io import remove_stale_temps, temp_file_beside
+from ..io import file_mode_for, remove_stale_temps, temp_file_beside
 from .errors import DatasetError
 
 _CHUNK = 1 << 20
@@ -70,6 +70,7 @@ def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, 
     fd, tmp_name = temp_file_beside(dest, suffix=".part")
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, file_mode_for(dest))  # the umask's mode, as any downloader gives, not mkstemp's 0600
         h = hashlib.md5(usedforsecurity=False)
         got = 0
         with os.fdopen(fd, "wb") as out:
