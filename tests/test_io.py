@@ -4,7 +4,6 @@ atomically, and a writer killed mid-write leaves nothing behind for good."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import stat
