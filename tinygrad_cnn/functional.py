@@ -43,18 +43,33 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 
 
 def _int(n):
-    return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+    return type(n) is int or (isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)))
+
+
+def _pad_width(pad_width):
+    """``pad_width`` in Python ints, or a TypeError: a float width (1.5) would be truncated, or
+    fail deep inside the op."""
+    if _int(pad_width):
+        return int(pad_width)
+    if isinstance(pad_width, (tuple, list)):
+        out = []
+        for p in pad_width:
+            if _int(p):
+                out.append(int(p))
+            elif isinstance(p, (tuple, list)) and len(p) == 2 and _int(p[0]) and _int(p[1]):
+                out.append((int(p[0]), int(p[1])))
+            elif isinstance(p, (tuple, list)) and all(_int(n) for n in p):  # a wrong length: the op says so
+                out.append(tuple(int(n) for n in p))
+            else:
+                break
+        else:
+            return tuple(out)
+    raise TypeError(f"pad: pad_width must be an int or one (before, after) pair of ints per axis; got {pad_width!r}")
 
 
 def pad(x, pad_width, value=0.0):
     """Constant padding; ``pad_width`` is an int or one ``(before, after)`` pair per axis. Primitive."""
-    # whole numbers only: a float width (1.5) would be truncated, or fail deep inside the op
-    items = pad_width if isinstance(pad_width, (tuple, list)) else (pad_width,)
-    if not all(_int(p) or (isinstance(p, (tuple, list)) and all(_int(n) for n in p)) for p in items):
-        raise TypeError(f"pad: pad_width must be an int or one (before, after) pair of ints per axis; "
-                        f"got {pad_width!r}")
-    pad_width = int(pad_width) if _int(pad_width) else tuple(int(p) if _int(p) else tuple(map(int, p)) for p in items)
-    return ops.Pad.apply(x, pad_width=pad_width, value=value)
+    return ops.Pad.apply(x, pad_width=_pad_width(pad_width), value=value)
 
 
 def relu(x):
