@@ -281,18 +281,31 @@ def report(r):
     return "\n".join(lines)
 
 
+def _at_least(low):
+    """An argparse type: an integer >= ``low`` (else argparse's one-line error, exit code 2)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}; got {text!r}")
+        return value
+    return parse
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="seed_cnn")
-    p.add_argument("--batch", type=int, nargs="+", default=[128, 1000])
+    p.add_argument("--batch", type=_at_least(1), nargs="+", default=[128, 1000])
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--steps", type=int, default=12, help="timed steps per framework (>= 10)")
-    p.add_argument("--rounds", type=int, default=4, help="alternating blocks the steps are split into")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--micro-batch", type=int, default=None,
+    p.add_argument("--steps", type=_at_least(1), default=12, help="timed steps per framework (>= 10)")
+    p.add_argument("--rounds", type=_at_least(1), default=4, help="alternating blocks the steps are split into")
+    p.add_argument("--threads", type=_at_least(1), default=2)
+    p.add_argument("--micro-batch", type=_at_least(0), default=None,
                    help="also time steps summed over micro-batches of this size (0: no; default: what "
                         "the training script uses for this model and batch)")
-    p.add_argument("--micro-threads", type=int, default=2, help="micro-batches run at once")
+    p.add_argument("--micro-threads", type=_at_least(1), default=2, help="micro-batches run at once")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-reuse-memory", action="store_true",
                    help="leave glibc's malloc settings alone (see tinygrad_cnn.backend.reuse_freed_memory)")

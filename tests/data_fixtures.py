@@ -110,6 +110,8 @@ def md5_hex(data: bytes) -> str:
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     cut: dict[str, int] = {}
+    unannounced: frozenset = frozenset()
+    repeat: dict[str, int] = {}
 
     def do_GET(self):  # noqa: N802 (http.server API)
         data = self.files.get(self.path)
@@ -118,19 +120,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
+        if self.path not in self.unannounced:  # else the end of the connection ends the file
+            self.send_header("Content-Length", str(len(data) * self.repeat.get(self.path, 1)))
         self.end_headers()
-        # A "cut" file announces its full length but the connection closes early.
-        self.wfile.write(data[: self.cut.get(self.path, len(data))])
+        try:
+            # A "cut" file announces its full length but the connection closes early; a
+            # "repeat" one is sent that many times over (a server sending more than expected).
+            for _ in range(self.repeat.get(self.path, 1)):
+                self.wfile.write(data[: self.cut.get(self.path, len(data))])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading
 
     def log_message(self, *args):  # keep test output quiet
         pass
 
 
 @contextlib.contextmanager
-def http_server(files: dict[str, bytes], cut: dict[str, int] | None = None):
-    """Serve ``files`` (URL path -> bytes) on 127.0.0.1 from a thread; yields the base URL."""
-    handler = type("Handler", (_Handler,), {"files": dict(files), "cut": dict(cut or {})})
+def http_server(files: dict[str, bytes], cut: dict[str, int] | None = None, unannounced=(),
+                repeat: dict[str, int] | None = None):
+    """Serve ``files`` (URL path -> bytes) on 127.0.0.1 from a thread; yields the base URL.
+    Paths in ``unannounced`` are sent without a Content-Length; ``repeat`` sends a file N times."""
+    handler = type("Handler", (_Handler,), {"files": dict(files), "cut": dict(cut or {}),
+                                            "unannounced": frozenset(unannounced), "repeat": dict(repeat or {})})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

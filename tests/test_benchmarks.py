@@ -35,3 +35,14 @@ def test_the_training_script_and_the_benchmark_agree_on_micro_batches():
     assert step.training_micro_batch("seed_cnn", 1000) == script("--model", "seed_cnn", "--recipe", "seed") == 250
     assert step.training_micro_batch("fast_cnn", 128) == script("--model", "fast_cnn") == 64  # one per thread
     assert step.training_micro_batch("fast_cnn", 200) == script("--model", "fast_cnn", "--batch-size", "200") == 100
+
+
+@pytest.mark.parametrize("flag, value, low", [("--batch", "0", 1), ("--batch", "-8", 1), ("--steps", "0", 1),
+                                              ("--rounds", "0", 1), ("--threads", "0", 1), ("--micro-batch", "-1", 0),
+                                              ("--micro-threads", "0", 1), ("--steps", "2.5", 1)])
+def test_every_count_is_checked_by_the_parser(capsys, flag, value, low):
+    with pytest.raises(SystemExit) as info:
+        step.main([flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag}: must be an integer >= {low}; got '{value}'" in err and "Traceback" not in err

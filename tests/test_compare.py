@@ -110,3 +110,51 @@ def test_a_failed_training_run_stops_the_study(tmp_path, monkeypatch):
     report = tmp_path / "results.md"
     assert compare.main(["--out", str(tmp_path / "runs"), "--report", str(report)]) == 2
     assert not report.exists()
+
+
+def test_the_report_goes_beside_the_runs_unless_the_tracked_copy_is_named(tmp_path, monkeypatch):
+    """By default it used to overwrite the tracked docs/results.md of wherever it ran."""
+    runs = tmp_path / "runs"
+    _write_run(runs / "seed_cnn", "seed_cnn", [0.5, 0.7], [50000, 50000])
+    tracked = tmp_path / "docs" / "results.md"
+    tracked.parent.mkdir()
+    tracked.write_text("the tracked report")
+    monkeypatch.chdir(tmp_path)
+    assert compare.main(["--report-only", "--out", str(runs)]) == 0
+    assert tracked.read_text() == "the tracked report"
+    assert "| seed_cnn (300 s budget) |" in (runs / "results.md").read_text()
+    assert (runs / "img" / "compare.png").is_file()
+    assert compare.main(["--report-only", "--out", str(runs), "--report", "docs/results.md"]) == 0
+    assert "| seed_cnn (300 s budget) |" in tracked.read_text()
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as info:
+        compare.main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 300.0)", "(default: runs/compare)", "(default: 0)", "default: OUT/results.md",
+                    "default: $TINYGRAD_CNN_DATA"):
+        assert default in text, default
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "0", "-5"])
+def test_a_bad_budget_is_an_error_line(budget, capsys, tmp_path):
+    assert compare.main(["--budget", budget, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --budget must be a finite number of seconds > 0") and len(err.splitlines()) == 1
+
+
+def test_reports_and_the_readme_say_which_data_the_figures_come_from(tmp_path):
+    """The figures come from a JPEG-rebuilt archive, and Fashion-MNIST needs a Debian package:
+    the README, the tracked report and every regenerated one say so."""
+    runs = tmp_path / "runs"
+    _write_run(runs / "seed_cnn", "seed_cnn", [0.5, 0.7], [50000, 50000])
+    rc, report = _report(tmp_path)
+    assert rc == 0
+    root = Path(__file__).resolve().parents[1]
+    for text in (report.read_text(), (root / "docs" / "results.md").read_text(), (root / "README.md").read_text()):
+        flat = " ".join(text.split())
+        assert "rebuilt from the public JPEG copy of CIFAR-10" in flat
+        assert "apt-get install -y dataset-fashion-mnist" in flat
+    assert "\n".join(compare.DATA_NOTE) in (root / "docs" / "results.md").read_text()

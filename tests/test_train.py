@@ -2,7 +2,8 @@
 
 The CIFAR-10 reader insists on the official layout (10,000 records per ``.bin`` member), so a
 tiny fabricated archive is refused by the training script; these tests read the real archive
-(``$TINYGRAD_CNN_DATA`` / the cache, else /work/shared/data/cifar-10-binary.tar.gz) with
+(``$TINYGRAD_CNN_DATA`` / the cache, else ``shared/data/cifar-10-binary.tar.gz`` beside the
+repository, where CI has it) with
 ``--limit-train 512 --limit-test 500`` and skip cleanly when it is absent. Reading a split
 means decompressing the whole archive (~1 s), so the first run reads it and later runs in this
 module reuse copies of what it read (see ``_cached_load_cifar10``).
@@ -23,14 +24,20 @@ from models import SeedCNN
 
 import train.cifar10 as tr
 
-SHARED_ARCHIVE = Path("/work/shared/data/cifar-10-binary.tar.gz")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_archive(repo_root=REPO_ROOT):
+    """Where CI has the archive: it runs in a fresh clone with a copy of shared/ beside it."""
+    return Path(repo_root).parent / "shared" / "data" / "cifar-10-binary.tar.gz"
+
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "images", "lr",
                "train_time", "eval_time", "wall_time"}
 TIME_KEYS = {"train_time", "eval_time", "wall_time"}
 
 
-def _find_archive():
-    for where in (None, SHARED_ARCHIVE):
+def _find_archive(repo_root=REPO_ROOT):
+    for where in (None, shared_archive(repo_root)):
         try:
             return data.find_cifar10(where, download=False)
         except FileNotFoundError:
@@ -98,6 +105,20 @@ def reference_run(tmp_path_factory):
     return out
 
 
+def test_the_archive_is_found_in_shared_beside_any_clone(tmp_path, monkeypatch):
+    """It used to be looked for at an absolute path of one build machine only, so the tests on
+    the real archive were always skipped in CI."""
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    clone = tmp_path / "ci" / "clone"
+    clone.mkdir(parents=True)
+    assert _find_archive(clone) is None  # truly absent: then (and only then) the tests skip
+    archive = tmp_path / "ci" / "shared" / "data" / "cifar-10-binary.tar.gz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"")
+    assert _find_archive(clone) == archive
+
+
 # ------------------------------------------------------------------------ smoke run
 
 
@@ -159,8 +180,7 @@ def _interrupt_after_first_checkpoint(out, monkeypatch):
         raise KeyboardInterrupt  # the machine goes away after the first checkpoint
 
     monkeypatch.setattr(tr, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        tr.main(_args(out))
+    assert tr.main(_args(out)) == tr.INTERRUPTED  # a message saying how to resume, not a traceback
     monkeypatch.setattr(tr, "save_checkpoint", real_save)
 
 
@@ -281,7 +301,7 @@ def test_seed_recipe_sets_the_seed_projects_settings():
     assert tr.build_schedule(cfg, opt, 50) is None
     # a flag on the command line still wins over the recipe
     assert _config("--recipe", "seed", "--epochs", "3", "--batch-size", "500").batch_size == 500
-    with pytest.raises(SystemExit):
+    with pytest.raises(tr.ConfigError, match="--recipe seed applies to --model seed_cnn only"):
         _config("--model", "fast_cnn", "--recipe", "seed")
 
 
@@ -289,7 +309,8 @@ def test_default_recipes_and_flags():
     cfg = _config("--model", "seed_cnn")
     assert (cfg.optimizer, cfg.schedule, cfg.batch_size, cfg.augment, cfg.normalize) == \
         ("adam", "onecycle", 128, True, True)
-    assert cfg.out == "runs/seed_cnn" and cfg.recipe == "default" and cfg.progress
+    assert cfg.out == "runs/seed_cnn" and cfg.recipe == "default"
+    assert _config("--progress").progress and not _config("--no-progress").progress
     fast = _config("--model", "fast_cnn", "--no-augment", "--lr", "0.1", "--no-progress", "--out", "x")
     assert fast.optimizer == "sgd" and fast.nesterov and fast.augment is False and fast.lr == 0.1
     assert fast.out == "x" and not fast.progress
@@ -306,11 +327,10 @@ def test_micro_batching_defaults_and_its_refusal_for_batchnorm_models(tmp_path):
     assert _config("--model", "fast_cnn", "--batch-size", "100", "--micro-threads", "3").micro_batch == 34
     assert _config("--model", "fast_cnn", "--micro-batch", "0").micro_batch == 0
     fast = _config("--model", "fast_cnn", "--micro-batch", "32")
-    with pytest.raises(SystemExit, match=r"fast_cnn has BatchNorm layers.*use --micro-batch 64 or 0"):
+    with pytest.raises(tr.ConfigError, match=r"fast_cnn has BatchNorm layers.*use --micro-batch 64 or 0"):
         tr.check_micro_batching(fast, tr.build_model(fast, (3, 32, 32)))
-    bad = _config("--model", "seed_cnn", "--micro-threads", "0")
-    with pytest.raises(SystemExit, match="--micro-threads >= 1"):
-        tr.check_micro_batching(bad, tr.build_model(bad, (3, 32, 32)))
+    with pytest.raises(tr.ConfigError, match="--micro-threads must be an integer >= 1; got 0"):
+        _config("--model", "seed_cnn", "--micro-threads", "0")
 
 
 @needs_cifar

@@ -15,7 +15,7 @@ import pytest
 
 import tinygrad_cnn.functional as F
 from models import FastCNN, FCBaseline, SeedCNN
-from tinygrad_cnn import Tensor, nn
+from tinygrad_cnn import Tensor, io, nn
 from tinygrad_cnn.viz import DotNotFound, draw_graph, main, retain_grads
 
 HAVE_DOT = shutil.which("dot") is not None
@@ -410,19 +410,72 @@ def test_cli_checkpoints(tmp_path, capsys):
     code, _, err = run_main([str(plain), "--model-class", "models.seed_cnn:SeedCNN", "--out",
                              str(tmp_path / "a.dot")], capsys)
     assert code == 0, err
+    # a checkpoint that names its class: the name is only a hint, the command line decides
     named = tmp_path / "named.npz"
     np.savez(named, __class__=np.array("models.seed_cnn:SeedCNN"), **model.state_dict())
-    code, _, err = run_main([str(named), "--out", str(tmp_path / "b.dot")], capsys)
-    assert code == 0, err
-    from tinygrad_cnn import io
-    if hasattr(io, "save_state"):  # a training checkpoint: weights under "model", class under "model_class"
-        state = tmp_path / "state.npz"
-        io.save_state(state, {"model": model.state_dict(), "model_class": "models.seed_cnn:SeedCNN", "epoch": 3})
-        code, _, err = run_main([str(state), "--out", str(tmp_path / "s.dot")], capsys)
+    state = tmp_path / "state.npz"  # a training checkpoint: weights under "model", class under "model_class"
+    io.save_state(state, {"model": model.state_dict(), "model_class": "models.seed_cnn:SeedCNN", "epoch": 3})
+    for path in (named, state):
+        code, _, err = run_main([str(path), "--out", str(tmp_path / "b.dot")], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert "never chooses the code that runs" in err and "--model-class models.seed_cnn:SeedCNN" in err
+        code, _, err = run_main([str(path), "--model-class", "models.seed_cnn:SeedCNN", "--out",
+                                 str(tmp_path / "b.dot")], capsys)
         assert code == 0, err
     code, _, err = run_main([str(plain), "--model-class", "models.fc_baseline:FCBaseline", "--out",
                              str(tmp_path / "c.dot")], capsys)
     assert code == 2 and "missing keys" in err
+
+
+def test_cli_never_imports_a_module_a_checkpoint_names(tmp_path, capsys, monkeypatch):
+    """The viz CLI used to import whatever module:Class a checkpoint named: a data file chose
+    the code that ran."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_module_17.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for path, write in ((tmp_path / "evil.npz", lambda p: np.savez(p, __class__=np.array("evil_module_17:Net"),
+                                                                   w=np.zeros(2))),
+                        (tmp_path / "evil_state.npz", lambda p: io.save_state(p, {"model": {"w": np.zeros(2)},
+                                                                                  "model_class": "evil_module_17:Net"}))):
+        write(path)
+        code, _, err = run_main([str(path), "--out", str(tmp_path / "g.dot")], capsys)
+        assert code == 2 and "--model-class evil_module_17:Net" in err
+    assert not marker.exists() and "evil_module_17" not in sys.modules
+
+
+def test_dot_output_through_a_symlink_leaves_its_target_alone(tmp_path, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    for name in ("graph.dot", "graph.svg") if HAVE_DOT else ("graph.dot",):
+        link = tmp_path / name
+        link.symlink_to(precious)
+        code, _, err = run_main(["models.fc_baseline:FCBaseline", "--out", str(link)], capsys)
+        assert code == 0, err
+        assert precious.read_text() == "keep me"
+        assert not link.is_symlink() and link.read_text().lstrip().startswith(("digraph", "<?xml", "<svg"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.skipif(not HAVE_DOT, reason="Graphviz's dot is not installed")
+@pytest.mark.parametrize("name", ["-Tpng.svg", "-o.svg", "-.svg"])
+def test_an_out_starting_with_a_dash_never_reaches_dot_as_an_option(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["models.fc_baseline:FCBaseline", f"--out={name}"], capsys)
+    assert code == 0, err
+    assert (tmp_path / name).read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # the source and temp files cleaned up
+
+
+def test_rendered_files_get_the_umask_mode(tmp_path, capsys):
+    old = os.umask(0o027)
+    try:
+        outs = [tmp_path / "g.dot"] + ([tmp_path / "g.svg"] if HAVE_DOT else [])
+        for out in outs:
+            assert run_main(["models.fc_baseline:FCBaseline", "--out", str(out)], capsys)[0] == 0
+    finally:
+        os.umask(old)
+    for out in outs:
+        assert (out.stat().st_mode & 0o777) == 0o640, out
 
 
 @pytest.mark.parametrize("argv,needle", [

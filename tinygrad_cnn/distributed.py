@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 
@@ -324,6 +325,7 @@ class Communicator:
         process then exits at once rather than run on into the next collective.)"""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(0.2)  # the launcher forwards output asynchronously: let the message reach it first
         self.comm.Abort(int(code))
         os._exit(int(code))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .backend import array_module
+from .backend import array_module, is_floating
 from .ops.conv import window_geometry
 from .tensor import Tensor
 
@@ -42,9 +42,34 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return ops.MaxPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding)
 
 
+def _int(n):
+    return type(n) is int or (isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)))
+
+
+def _pad_width(pad_width):
+    """``pad_width`` in Python ints, or a TypeError: a float width (1.5) would be truncated, or
+    fail deep inside the op."""
+    if _int(pad_width):
+        return int(pad_width)
+    if isinstance(pad_width, (tuple, list)):
+        out = []
+        for p in pad_width:
+            if _int(p):
+                out.append(int(p))
+            elif isinstance(p, (tuple, list)) and len(p) == 2 and _int(p[0]) and _int(p[1]):
+                out.append((int(p[0]), int(p[1])))
+            elif isinstance(p, (tuple, list)) and all(_int(n) for n in p):  # a wrong length: the op says so
+                out.append(tuple(int(n) for n in p))
+            else:
+                break
+        else:
+            return tuple(out)
+    raise TypeError(f"pad: pad_width must be an int or one (before, after) pair of ints per axis; got {pad_width!r}")
+
+
 def pad(x, pad_width, value=0.0):
     """Constant padding; ``pad_width`` is an int or one ``(before, after)`` pair per axis. Primitive."""
-    return ops.Pad.apply(x, pad_width=pad_width, value=value)
+    return ops.Pad.apply(x, pad_width=_pad_width(pad_width), value=value)
 
 
 def relu(x):
@@ -72,7 +97,7 @@ def softmax(x, axis=-1):
 
 
 def flatten(x, start=1):
-    return x.flatten(start)
+    return _tensor(x, "flatten", "input").flatten(start)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
@@ -140,6 +165,8 @@ def _class_targets(name, targets, n, n_classes):
 
 def _reduce(name, loss, reduction):
     if reduction == "mean":
+        if loss.numel() == 0:  # an empty batch: NaN, as numpy's and PyTorch's mean
+            return loss.sum() * float("nan")
         return loss.mean()
     if reduction == "sum":
         return loss.sum()
@@ -178,6 +205,7 @@ def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0):
 
 def mse_loss(input, target, reduction="mean"):
     """Mean squared error."""
+    _tensor(input, "mse_loss", "input")
     target = target if isinstance(target, Tensor) else input._lift(target)
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} and target shape {target.shape} differ")
@@ -214,6 +242,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Tr
     if training:
         return ops.BatchNorm.apply(x, weight, bias, running_mean=running_mean, running_var=running_var,
                                    momentum=momentum, eps=eps)
+    if not is_floating(x.dtype):  # as the training primitive: statistics are never cast to integers
+        raise TypeError(f"batch_norm: expects a floating-point tensor; got dtype {x.dtype}")
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm: evaluation (training=False) normalises with running_mean and "
+                         "running_var; got None (pass the statistics, or training=True for the batch's own)")
     shape = (1, c) + (1,) * (x.ndim - 2)
     centered = x - Tensor(running_mean.reshape(shape).astype(x.dtype, copy=False))
     scale = Tensor((1.0 / xp.sqrt(running_var.reshape(shape) + eps)).astype(x.dtype, copy=False))

@@ -8,14 +8,16 @@ from the graph. Assigning a ``Parameter`` or a ``Module`` as an attribute regist
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 
 from . import functional as F
 from .backend import current_shard, is_floating
-from .io import CheckpointError, load_arrays, save_arrays
+from .io import CheckpointError, cast_loaded, load_arrays, save_arrays
 from .rng import default_generator
 from .tensor import Tensor, scope
 
@@ -196,6 +198,9 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy values in by name. With ``strict``, any missing, unexpected or wrong-shaped key is
         an error listing them all; otherwise the missing and unexpected keys are returned."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict: {type(self).__name__}: expects a mapping of names to arrays "
+                            f"(e.g. another model's state_dict()); got a {type(state_dict).__name__}")
         slots = self._state_slots()
         missing = [k for k in slots if k not in state_dict]
         unexpected = [k for k in state_dict if k not in slots]
@@ -210,15 +215,18 @@ class Module:
             problems.append("unexpected keys " + ", ".join(unexpected))
         if problems:
             raise KeyError(f"load_state_dict: {type(self).__name__}: " + " | ".join(problems))
-        for k, (m, name, kind) in slots.items():
-            if k not in state_dict:
-                continue
-            value = np.asarray(state_dict[k])
+        values = {}  # every value converted before any is stored: an error changes nothing
+        for k, slot in slots.items():
+            if k in state_dict:
+                kind = "parameter" if slot[2] == "param" else "buffer"
+                values[k] = cast_loaded(state_dict[k], self._slot_value(slot).dtype,
+                                        f"load_state_dict: {type(self).__name__}: {kind} {k}")
+        for k, value in values.items():
+            m, name, kind = slots[k]
             if kind == "param":
-                p = m._parameters[name]
-                p.data = value.astype(p.dtype, copy=True)
+                m._parameters[name].data = value
             else:
-                m._buffers[name] = value.astype(m._buffers[name].dtype, copy=True)
+                m._buffers[name] = value
         return IncompatibleKeys(missing, unexpected)
 
     @staticmethod
@@ -235,7 +243,7 @@ class Module:
         state = load_arrays(path)
         try:
             return self.load_state_dict(state, strict=strict)
-        except KeyError as e:
+        except (KeyError, TypeError) as e:
             raise CheckpointError(f"{path}: {e.args[0]}") from None
 
     # --- printing ----------------------------------------------------------------------------------
@@ -251,6 +259,25 @@ class Module:
 # ---------------------------------------------------------------------------------------- layers
 
 
+def _size(owner, name, value, minimum=1):
+    """``value`` as a Python int >= ``minimum``, or a ValueError naming the layer and argument
+    (a zero or negative size would otherwise fail deep in the initialisation)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"{owner}: {name} must be {kind} integer; got {value!r}")
+    return int(value)
+
+
+def _pair(owner, name, value, minimum=1):
+    """An int or an (h, w) pair of ints >= ``minimum``, as a pair."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{owner}: {name} must be an int or an (h, w) pair; got {value!r}")
+        return tuple(_size(owner, name, v, minimum) for v in value)
+    v = _size(owner, name, value, minimum)
+    return v, v
+
+
 def _uniform(rng, bound, shape, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
@@ -261,6 +288,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
+        in_features, out_features = _size("Linear", "in_features", in_features), \
+            _size("Linear", "out_features", out_features)
         rng = default_generator() if rng is None else rng
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
@@ -281,8 +310,12 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None,
                  dtype=np.float32):
         super().__init__()
+        n = "Conv2d"
+        in_channels, out_channels = _size(n, "in_channels", in_channels), _size(n, "out_channels", out_channels)
+        kh, kw = _pair(n, "kernel_size", kernel_size)
+        _pair(n, "stride", stride)
+        _pair(n, "padding", padding, minimum=0)
         rng = default_generator() if rng is None else rng
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         bound = 1.0 / math.sqrt(in_channels * kh * kw)
@@ -300,6 +333,10 @@ class Conv2d(Module):
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        _pair("MaxPool2d", "kernel_size", kernel_size)
+        if stride is not None:
+            _pair("MaxPool2d", "stride", stride)
+        _pair("MaxPool2d", "padding", padding, minimum=0)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
@@ -322,6 +359,8 @@ class Identity(Module):
 class Flatten(Module):
     def __init__(self, start_dim=1):
         super().__init__()
+        if isinstance(start_dim, (bool, np.bool_)) or not isinstance(start_dim, numbers.Integral):
+            raise TypeError(f"Flatten: start_dim must be an int; got {start_dim!r}")
         self.start_dim = start_dim
 
     def forward(self, x):
@@ -360,6 +399,11 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__()
+        num_features = _size("BatchNorm2d", "num_features", num_features)
+        if not (isinstance(eps, numbers.Real) and 0 < eps < math.inf):
+            raise ValueError(f"BatchNorm2d: eps must be a positive number; got {eps!r}")
+        if not (isinstance(momentum, numbers.Real) and 0 <= momentum <= 1):
+            raise ValueError(f"BatchNorm2d: momentum must lie in [0, 1]; got {momentum!r}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None

@@ -31,6 +31,7 @@ import numbers
 import numpy as np
 
 from .backend import array_module, is_array
+from .io import cast_loaded
 from .tensor import Tensor, enable_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW",
@@ -49,11 +50,15 @@ def _count(owner, name, value, minimum=1):
     return int(value)
 
 
-def _real(owner, name, value, lo=None, hi=None, lo_open=False, hi_open=False):
-    """``value`` as a Python float, or a ValueError/TypeError naming ``owner`` and ``name``."""
+def _real(owner, name, value, lo=None, hi=None, lo_open=False, hi_open=False, finite=True):
+    """``value`` as a Python float, or a ValueError/TypeError naming ``owner`` and ``name``.
+    NaN is always refused, and so is an infinity unless ``finite`` is False (an infinite
+    learning rate or momentum trains on NaN from the first step)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number; got {value!r} ({type(value).__name__})")
     v = float(value)
+    if finite and math.isinf(v):
+        raise ValueError(f"{owner}: invalid {name} {value!r} (must be finite)")
     bad = math.isnan(v)
     if lo is not None:
         bad |= v <= lo if lo_open else v < lo
@@ -62,7 +67,7 @@ def _real(owner, name, value, lo=None, hi=None, lo_open=False, hi_open=False):
     if bad:
         lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
         hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-        rule = " and ".join(s for s in (lo_s, hi_s) if s)
+        rule = " and ".join(s for s in (lo_s, hi_s) if s) or "a number, not NaN"
         raise ValueError(f"{owner}: invalid {name} {value!r} (must be {rule})")
     return v
 
@@ -85,6 +90,14 @@ def _as_number(v):
     return v
 
 
+def _whole(v):
+    """A Python int from an integral number (a fraction or a complex number is refused, not truncated)."""
+    v = _as_number(v)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v != int(v):
+        raise ValueError(f"expected a whole number, got {v!r}")
+    return int(v)
+
+
 def _as_list(v):
     if is_array(v):
         return np.asarray(v).ravel().tolist()
@@ -96,7 +109,7 @@ def _coerce_like(current, value):
     if isinstance(current, bool):
         return bool(_as_number(value))
     if isinstance(current, numbers.Integral):
-        return int(_as_number(value))
+        return _whole(value)
     if isinstance(current, numbers.Real):
         return float(_as_number(value))
     if isinstance(current, (tuple, list)):
@@ -351,12 +364,19 @@ class Optimizer:
             st = {}
             for key, v in entry.items():
                 if key == "step":
-                    st[key] = int(_as_number(v))
+                    try:
+                        st[key] = _whole(v)
+                    except (TypeError, ValueError, OverflowError) as e:
+                        raise ValueError(f"{name}: state 'step' of parameter {idx}: {e}") from None
                     continue
                 shape = tuple(np.shape(v)) if not hasattr(v, "shape") else tuple(v.shape)
                 if shape != tuple(p.data.shape):
                     raise ValueError(f"{name}: state {key!r} of parameter {idx} has shape {shape}, but the "
                                      f"parameter has shape {tuple(p.data.shape)}")
+                try:  # a complex or fractional value is refused, never truncated
+                    v = cast_loaded(_to_numpy(v), p.data.dtype, f"{name}: state {key!r} of parameter {idx}")
+                except TypeError as e:
+                    raise ValueError(str(e)) from None
                 st[key] = xp.array(v, dtype=p.data.dtype, copy=True)
             new_state[p] = st
         self.param_groups = new_groups
@@ -564,7 +584,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     Returns the total norm before clipping, as a Python float (0.0 when no parameter has a grad)."""
     if isinstance(parameters, Tensor):
         parameters = [parameters]
-    max_norm = _real("clip_grad_norm_", "max_norm", max_norm, lo=0)
+    max_norm = _real("clip_grad_norm_", "max_norm", max_norm, lo=0, finite=False)  # inf: no clipping
     norm_type = float(norm_type)
     grads = []
     for p in parameters:
@@ -595,6 +615,13 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 
 
 # ------------------------------------------------------------------------ LR schedulers
+
+
+def _progress(owner, fraction):
+    """A schedule's progress clamped to [0, 1]; NaN (e.g. a clock divided by a NaN budget) is
+    an error, not a NaN learning rate."""
+    f = _real(owner, "progress fraction", fraction, finite=False)
+    return min(max(f, 0.0), 1.0)
 
 
 class LRScheduler:
@@ -666,8 +693,8 @@ class LRScheduler:
             raise ValueError(f"{name}: the state dict has {len(base_lrs)} base lr(s) and {len(last_lr)} last "
                              f"lr(s), but the optimizer has {n} param group(s)")
         hyper = {k: _coerce_like(getattr(self, k), state_dict[k]) for k in self._hyper_keys}
-        self.last_epoch = int(_as_number(state_dict["last_epoch"]))
-        self._step_count = int(_as_number(state_dict["_step_count"]))
+        self.last_epoch = _whole(state_dict["last_epoch"])
+        self._step_count = _whole(state_dict["_step_count"])
         self.base_lrs = base_lrs
         for k, v in hyper.items():
             setattr(self, k, v)
@@ -753,7 +780,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def lr_at(self, fraction):
         """The lrs (one per group) at progress ``fraction`` in [0, 1] (clamped)."""
-        return self._at(min(max(float(fraction), 0.0), 1.0) * self.T_max)
+        return self._at(_progress(type(self).__name__, fraction) * self.T_max)
 
     def set_progress(self, fraction):
         """Set every group's lr to ``lr_at(fraction)`` (``last_epoch`` is left alone)."""
@@ -830,8 +857,8 @@ class OneCycleLR(LRScheduler):
             if len(value) != n:
                 raise ValueError(f"OneCycleLR: expected {n} values for {name} (one per param group), "
                                  f"got {len(value)}")
-            return [_real("OneCycleLR", name, v) for v in value]
-        return [_real("OneCycleLR", name, value)] * n
+            return [_real("OneCycleLR", name, v, lo=0) for v in value]
+        return [_real("OneCycleLR", name, value, lo=0)] * n
 
     def _build_phases(self):
         T, pct = self.total_steps, self.pct_start
@@ -891,7 +918,7 @@ class OneCycleLR(LRScheduler):
         return lrs
 
     def _progress_step(self, fraction):
-        return min(max(float(fraction), 0.0), 1.0) * (self.total_steps - 1)
+        return _progress(type(self).__name__, fraction) * (self.total_steps - 1)
 
     def lr_at(self, fraction):
         """The lrs (one per group) at progress ``fraction`` in [0, 1] (clamped)."""

@@ -31,6 +31,7 @@ import sys
 import graphviz
 import numpy as np
 
+from .io import atomic_write, file_mode_for, temp_file_beside
 from .tensor import Tensor
 
 __all__ = ["draw_graph", "retain_grads", "GraphView", "DotNotFound", "main",
@@ -566,7 +567,24 @@ class DotNotFound(graphviz.ExecutableNotFound):
 class GraphView(graphviz.Digraph):
     """A ``graphviz.Digraph`` whose ``render`` also takes an image path (``g.render("g.svg")``:
     format from the extension, the ``.dot`` source beside it, removed after success) and, when
-    ``dot`` is missing, keeps the source and raises ``DotNotFound`` saying how to install it."""
+    ``dot`` is missing, keeps the source and raises ``DotNotFound`` saying how to install it.
+
+    Files are written as ``tinygrad_cnn.io.atomic_write`` writes them: whole or not at all, and
+    a symbolic link at the path is replaced, never written through (its target is left alone).
+    ``dot`` only ever sees temporary names that start with a dot, so a path such as
+    ``-Tx.svg`` is never taken for one of its options."""
+
+    def save(self, filename=None, directory=None, *, skip_existing=False):
+        if filename is not None:
+            self.filename = filename
+        if directory is not None:
+            self.directory = directory
+        filepath = self.filepath
+        if skip_existing and os.path.exists(filepath):
+            return filepath
+        text = self.source.encode(self.encoding)
+        atomic_write(filepath, lambda f: f.write(text))
+        return filepath
 
     def render(self, filename=None, directory=None, view=False, cleanup=None, format=None, **kwargs):
         outfile = kwargs.pop("outfile", None)
@@ -576,8 +594,8 @@ class GraphView(graphviz.Digraph):
             if ext in IMAGE_FORMATS:
                 if format is not None and format != ext:
                     raise ValueError(f"render: the path {filename!r} ends in .{ext} but format={format!r}")
-                outfile, filename, format = filename, stem + ".dot", ext
-                cleanup = True if cleanup is None else cleanup
+                target = os.path.join(os.fspath(directory), os.fspath(filename)) if directory else os.fspath(filename)
+                return self._render_image(target, ext, True if cleanup is None else cleanup, view, **kwargs)
         if format is not None and format not in graphviz.FORMATS:
             raise ValueError(f"render: unknown format {format!r}; use one of {', '.join(IMAGE_FORMATS)}")
         try:
@@ -587,6 +605,34 @@ class GraphView(graphviz.Digraph):
             if isinstance(e, DotNotFound):
                 raise
             raise DotNotFound(self.filepath, outfile) from None
+
+    def _render_image(self, target, fmt, cleanup, view, engine=None, renderer=None, formatter=None,
+                      neato_no_op=None, quiet=False, quiet_view=False):
+        """Render to ``target`` through temporary files beside it, then rename into place."""
+        source = os.path.splitext(target)[0] + ".dot"
+        src_fd, tmp_source = temp_file_beside(source)
+        out_fd, tmp_out = temp_file_beside(target)
+        os.close(out_fd)
+        try:
+            with os.fdopen(src_fd, "wb") as f:
+                f.write(self.source.encode(self.encoding))
+            try:
+                graphviz.render(engine or self.engine, fmt, tmp_source, renderer=renderer, formatter=formatter,
+                                neato_no_op=neato_no_op, quiet=quiet, outfile=tmp_out)
+            except graphviz.ExecutableNotFound:
+                self.save(source)
+                raise DotNotFound(source, target) from None
+            os.chmod(tmp_out, file_mode_for(target))  # as open() would: the umask, or the mode it had
+            os.replace(tmp_out, target)
+        finally:
+            for tmp in (tmp_source, tmp_out):
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        if not cleanup:
+            self.save(source)
+        if view or quiet_view:
+            self._view(target, format=fmt, quiet=quiet_view)
+        return target
 
 
 def _emit(view, clusters, max_nodes):
@@ -734,7 +780,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser():
     p = _Parser(prog=PROG, description="Draw the autograd graph of a model's forward (and backward) pass.")
     p.add_argument("model", metavar="MODEL",
-                   help="module:Class (e.g. models.seed_cnn:SeedCNN) or a checkpoint .npz (see --model-class)")
+                   help="module:Class (e.g. models.seed_cnn:SeedCNN) or a checkpoint .npz (with --model-class)")
     p.add_argument("--input-shape", default="1,3,32,32", help="comma-separated input shape (default 1,3,32,32)")
     p.add_argument("--out", default="graph.svg", help="output file: .svg, .png, .pdf, or .dot for the source only")
     p.add_argument("--grad", action="store_true",
@@ -743,7 +789,8 @@ def _parser():
     p.add_argument("--collapse", action="store_true", help="one node per module of the model")
     p.add_argument("--collapse-depth", type=int, metavar="N",
                    help="with --collapse: one node per module N levels below the model (default 1)")
-    p.add_argument("--model-class", help="module:Class of a checkpoint that does not name its class")
+    p.add_argument("--model-class", help="module:Class of the model a checkpoint holds (required with a checkpoint: "
+                   "the file itself never chooses the code that runs)")
     p.add_argument("--randn", action="store_true", help="feed N(0, 1) samples (seed 0) instead of zeros")
     p.add_argument("--rankdir", default="TB", choices=("TB", "LR", "BT", "RL"), help="layout direction")
     p.add_argument("--max-nodes", type=int, help="draw at most this many nodes")
@@ -801,14 +848,16 @@ def _load_checkpoint(path, model_class):
             class_spec = None if entry is None else str(np.asarray(entry))
     except io.CheckpointError as e:
         raise CliError(str(e)) from None
-    class_spec = model_class or class_spec
-    if not class_spec:
+    if not model_class:  # a data file never chooses the code that runs: only the command line does
+        if class_spec:
+            raise CliError(f"{path} says its model class is {str(class_spec)!r}; a checkpoint never chooses the "
+                           f"code that runs, so name it on the command line: --model-class {class_spec}")
         raise CliError(f"{path} does not name its model class; pass --model-class module:Class "
                        f"(e.g. --model-class models.seed_cnn:SeedCNN)")
-    model = _construct(_resolve_class(str(class_spec)))
+    model = _construct(_resolve_class(model_class))
     try:
         model.load_state_dict(weights)
-    except KeyError as e:
+    except (KeyError, TypeError) as e:
         raise CliError(f"{path}: {e.args[0]}") from None
     return model
 

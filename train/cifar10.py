@@ -9,15 +9,25 @@ writes a checkpoint (model, optimizer, schedule, RNG states, epoch) atomically t
 ``OUT/checkpoint.npz``; ``--resume`` continues from it and, without ``--budget``, produces
 exactly the metrics of an uninterrupted run. At the end: ``OUT/curves.png``, ``OUT/model.npz``
 and a one-screen summary. ``--budget SECONDS`` trains for a wall-clock budget (evaluation
-included) and runs the learning-rate schedule on elapsed time, so the schedule completes
-whatever the machine's speed. Under ``mpiexec -n N`` the run spans N processes, each computing
-its slice of every batch (``train/distributed.py``, ``docs/scaling.md``).
+included, see ``train/budget.py``) and runs the learning-rate schedule on elapsed time, so the
+schedule completes whatever the machine's speed. Under ``mpiexec -n N`` the run spans N
+processes, each computing its slice of every batch (``train/distributed.py``, ``docs/scaling.md``).
+
+Ctrl-C stops at the end of the current step and saves a checkpoint there (mid-epoch), so
+``--resume`` continues exactly; a second Ctrl-C stops at once (the last checkpoint stays valid).
+A folder that already holds a run is never overwritten silently: ``--resume`` continues it
+(and does nothing when it finished), ``--overwrite`` replaces it. Every setting is checked
+before anything starts; a bad one, a bad checkpoint or missing data is one ``error:`` line and
+exit code 2, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,14 +38,30 @@ import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import data, optim, rng
 from tinygrad_cnn.backend import reuse_freed_memory
+from tinygrad_cnn.data.download import show_progress
 from tinygrad_cnn.io import CheckpointError, atomic_write, load_state, save_state
 from models import MODELS
 from models.seed_cnn import seed_init
+from train.budget import Budget
 from train.distributed import DISTRIBUTED_HELP, LaunchError, SingleProcess, team_from_args
 
 CHECKPOINT = "checkpoint.npz"
 UNCAPPED = 10**6  # the epoch "limit" of a --budget run without --epochs
 METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+RUN_FILES = (CHECKPOINT, METRICS, SUMMARY, "model.npz", "curves.png")
+INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C (128 + SIGINT), as shells report it
+
+clock = time.perf_counter  # the wall clock of a run (tests substitute a fake one)
+
+
+class ConfigError(Exception):
+    """A setting that cannot work, or an output folder that must not be touched: one
+    ``error:`` line and exit code 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the run at a step boundary, after saving a checkpoint there."""
 
 PER_THREAD = "per_thread"  # a default micro-batch: the batch split evenly over the threads
 
@@ -88,8 +114,17 @@ class Config:
     progress: bool = True
 
 
+def _defaults_epilog():
+    lines = ["defaults per --model (a flag given overrides each one):"]
+    for model, d in DEFAULTS.items():
+        lines.append(f"  {model:9s} " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in d.items()))
+    lines.append("  --recipe seed: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in SEED_RECIPE.items()))
+    return "\n".join(lines)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m train.cifar10", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m train.cifar10", description=__doc__.split("\n\n")[0],
+                                epilog=_defaults_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(MODELS), default="seed_cnn")
     p.add_argument("--dataset", choices=["cifar10", "fashion-mnist"], default="cifar10")
     p.add_argument("--epochs", type=int, help="number of epochs (with --budget: an optional cap)")
@@ -105,19 +140,22 @@ def build_parser():
                    help="random crop (4-pixel zero padding) and horizontal flip")
     p.add_argument("--recipe", choices=["default", "seed"], default="default",
                    help="'seed' reproduces the seed project's recipe exactly")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of everything random (default: %(default)s)")
     p.add_argument("--data", help="dataset archive or directory (else $TINYGRAD_CNN_DATA, else ~/.cache/tinygrad_cnn)")
     p.add_argument("--out", default=None, help="output directory (default runs/<model>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (nothing to do when that "
+                   "run finished)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in OUT (without it, an error)")
     p.add_argument("--limit-train", type=int, help="train on the first N training images only")
     p.add_argument("--limit-test", type=int, help="evaluate on the first N test images only")
     p.add_argument("--budget", type=float, help="wall-clock budget in seconds (training + evaluation)")
-    p.add_argument("--eval-batch-size", type=int, default=1000)
+    p.add_argument("--eval-batch-size", type=int, default=1000, help="batch size of evaluation (default: %(default)s)")
     p.add_argument("--micro-batch", type=int, help="compute each batch's gradient over micro-batches of this "
                    "size (same gradient, faster; 0: one pass per batch; with BatchNorm, at most one per "
                    "thread, which then share the batch's statistics)")
     p.add_argument("--micro-threads", type=int, help="micro-batches run at once, one per core")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: only when stderr is a terminal, so a log stays readable)")
     p.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None, help=DISTRIBUTED_HELP)
     return p
 
@@ -129,22 +167,69 @@ def config_from_args(args, parser=None) -> Config:
     given = {k: v for k, v in vars(args).items() if v is not None and v != parser.get_default(k)}
     out = args.out or f"runs/{args.model}"
     if args.resume and (Path(out) / CHECKPOINT).exists():
-        values = dict(load_checkpoint(Path(out) / CHECKPOINT)["config"])
+        saved = load_checkpoint(Path(out) / CHECKPOINT)["config"]
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{Path(out) / CHECKPOINT}: its 'config' is not a dict of settings")
+        values = dict(saved)
     else:
         values = dict(DEFAULTS[args.model], model=args.model, seed=args.seed, recipe=args.recipe)
         if args.recipe == "seed":
             if args.model != "seed_cnn":
-                raise SystemExit("error: --recipe seed applies to --model seed_cnn only")
+                raise ConfigError("--recipe seed applies to --model seed_cnn only")
             values.update(SEED_RECIPE)
     values.update(given)
     values["micro_batch"] = resolve_micro_batch(values.get("micro_batch", 0), values["batch_size"],
                                                 values.get("micro_threads", 1))
     if values.get("budget") is not None and "epochs" not in given and not args.resume:
         values["epochs"] = UNCAPPED  # with a budget and no --epochs, the clock alone ends the run
-    values["progress"] = not args.no_progress
+    values["progress"] = show_progress(args.progress)
     values["out"] = out
     names = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in values.items() if k in names})
+    cfg = Config(**{k: v for k, v in values.items() if k in names})
+    check_config(cfg)
+    return cfg
+
+
+def _whole(flag, value, low, optional=False):
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{flag} must be an integer >= {low}; got {value!r}")
+
+
+def _number(flag, value, low, high=math.inf, low_open=False, optional=False, unit=""):
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        rule = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high != math.inf else "")
+        raise ConfigError(f"{flag} must be a finite number{unit} {rule}; got {value!r}")
+
+
+def check_config(cfg: Config):
+    """Every setting in range before anything starts (NaN, infinities, zero or negative
+    counts would otherwise train on NaN, divide by zero, or report accuracy 0), named by its
+    flag. Settings read back from a checkpoint go through the same checks."""
+    _whole("--epochs", cfg.epochs, 1)
+    _whole("--batch-size", cfg.batch_size, 1)
+    _whole("--eval-batch-size", cfg.eval_batch_size, 1)
+    _whole("--micro-batch", cfg.micro_batch, 0)
+    _whole("--micro-threads", cfg.micro_threads, 1)
+    _whole("--seed", cfg.seed, 0)
+    _whole("--limit-train", cfg.limit_train, 1, optional=True)
+    _whole("--limit-test", cfg.limit_test, 1, optional=True)
+    _number("--lr", cfg.lr, 0)
+    _number("--momentum", cfg.momentum, 0)
+    _number("--weight-decay", cfg.weight_decay, 0)
+    _number("--label-smoothing", cfg.label_smoothing, 0, 1)
+    _number("--budget", cfg.budget, 0, low_open=True, optional=True, unit=" of seconds")
+    for flag, value, choices in (("--model", cfg.model, MODELS), ("--dataset", cfg.dataset, ("cifar10", "fashion-mnist")),
+                                 ("--optimizer", cfg.optimizer, ("sgd", "adam", "adamw")),
+                                 ("--schedule", cfg.schedule, ("const", "cosine", "onecycle")),
+                                 ("--recipe", cfg.recipe, ("default", "seed"))):
+        if value not in choices:
+            raise ConfigError(f"{flag} must be one of {', '.join(sorted(choices))}; got {value!r}")
 
 
 def resolve_micro_batch(micro_batch, batch_size, threads):
@@ -157,8 +242,10 @@ def resolve_micro_batch(micro_batch, batch_size, threads):
 
 def load_data(cfg: Config):
     if cfg.dataset == "cifar10":
-        train = data.load_cifar10(cfg.data, split="train")
-        test = data.load_cifar10(cfg.data, split="test")
+        # a path given with --data must hold the archive: a typo is an error, never a download
+        where = dict(download=cfg.data is None, progress=cfg.progress)
+        train = data.load_cifar10(cfg.data, split="train", **where)
+        test = data.load_cifar10(cfg.data, split="test", **where)
         mean, std = data.CIFAR10_MEAN, data.CIFAR10_STD
     else:
         train = data.load_fashion_mnist(cfg.data, split="train")
@@ -193,10 +280,10 @@ def uses_batch_statistics(model) -> bool:
 
 def check_micro_batching(cfg: Config, model):
     if cfg.micro_batch < 0 or cfg.micro_threads < 1:
-        raise SystemExit(f"error: --micro-batch must be >= 0 and --micro-threads >= 1; got {cfg.micro_batch} "
-                         f"and {cfg.micro_threads}")
+        raise ConfigError(f"--micro-batch must be >= 0 and --micro-threads >= 1; got {cfg.micro_batch} "
+                          f"and {cfg.micro_threads}")
     if cfg.micro_batch and uses_batch_statistics(model) and cfg.micro_batch * cfg.micro_threads < cfg.batch_size:
-        raise SystemExit(f"error: --micro-batch {cfg.micro_batch}: {cfg.model} has BatchNorm layers, whose "
+        raise ConfigError(f"--micro-batch {cfg.micro_batch}: {cfg.model} has BatchNorm layers, whose "
                          f"statistics come from the whole batch only when its micro-batches all run at "
                          f"once ({cfg.micro_threads} x {cfg.micro_batch} < batch {cfg.batch_size}); use "
                          f"--micro-batch {resolve_micro_batch(PER_THREAD, cfg.batch_size, cfg.micro_threads)} or 0")
@@ -244,76 +331,186 @@ def evaluate(model, loader):
             correct += int((logits.data.argmax(axis=1) == y).sum())
             count += len(y)
     model.train()
-    return total_loss / max(count, 1), correct / max(count, 1)
+    if not count:  # no test image: no figure, rather than an accuracy of 0
+        return math.nan, math.nan
+    return total_loss / count, correct / count
 
 
-def _progress(total, desc, enabled):
+def _progress(total, desc, enabled, initial=0):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+class _StopOnInterrupt:
+    """While active (in the main thread), the first Ctrl-C asks the training loop to stop at the
+    next step boundary, where a checkpoint can be saved; a second one stops at once."""
+
+    requested = False
+
+    def __enter__(self):
+        self.requested, self._installed, self._previous = False, False, None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: stopping after this step to save a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+        return False
+
+
+_StopOnInterrupt.never = _StopOnInterrupt()  # for run() called without a handler: never requested
 
 
 # ----------------------------------------------------------------------------------- the run
 
 
-def run(cfg: Config, log=print, command=None, team=None):
+def check_out(out: Path, resume: bool, overwrite: bool):
+    """A fresh run never replaces a run already in ``out`` unless told to (``--overwrite``)."""
+    held = [name for name in (CHECKPOINT, SUMMARY) if (out / name).exists()]
+    if resume or not held:
+        return
+    if not overwrite:
+        state = "a finished run" if SUMMARY in held else "a run in progress"
+        raise ConfigError(f"{out} already holds {state} ({', '.join(held)}); continue it with --resume, choose "
+                          f"another --out, or pass --overwrite to replace it")
+    for name in RUN_FILES:  # so that nothing of the old run is mistaken for the new one's
+        (out / name).unlink(missing_ok=True)
+
+
+def _setup(cfg: Config, team):
+    """Data (each rank's slice of it), model (rank 0's weights), optimizer and schedule; a
+    setting they refuse is a ConfigError."""
+    try:
+        train_loader, test_loader = load_data(cfg)
+        train_loader, test_loader = team.shard(train_loader), team.shard(test_loader, evaluation=True)
+        model = build_model(cfg, train_loader.dataset.images.shape[1:])
+        team.bcast_parameters(model)
+        check_micro_batching(cfg, model)
+        optimizer = build_optimizer(cfg, model)
+        schedule = build_schedule(cfg, optimizer, len(train_loader))
+    except data.DatasetError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    return train_loader, test_loader, model, optimizer, schedule
+
+
+def _restore(path, state, model, optimizer, schedule, train_loader):
+    """Load a checkpoint's states; one that does not fit this run is a CheckpointError naming
+    the part (model, optimizer, schedule, loader, rng, history) and the reason."""
+    part = "model"
+    try:
+        model.load_state_dict(state["model"])
+        part = "optimizer"
+        optimizer.load_state_dict(state["optimizer"])
+        part = "schedule"
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
+        part = "loader"
+        train_loader.load_state_dict(state["loader"])
+        part = "rng"
+        rng.set_state(state["rng"])
+        part = "history"
+        history = [dict(r) for r in state["history"]]
+        epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
+        partial = state.get("partial")
+        partial = None if partial is None else {k: partial[k] for k in ("loss_sum", "correct", "seen", "train_time")}
+        if epoch != len(history) or any(r["epoch"] != i + 1 for i, r in enumerate(history)):
+            raise ValueError(f"epoch {epoch} but a history of {len(history)} epochs")
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        detail = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else e
+        raise CheckpointError(f"{path}: cannot resume from it: its {part} state does not fit this run "
+                              f"({type(e).__name__}: {detail})") from None
+    return history, elapsed, partial
+
+
+def run(cfg: Config, log=print, command=None, overwrite=False, interrupt=None, team=None):
     """Train as ``cfg`` says; return the summary dict (also written to OUT/summary.json).
-    ``team`` (``train.distributed``): the processes the run spans; by default this one."""
+
+    Raises ``ConfigError`` for a setting that cannot work or an output folder holding another
+    run (unless ``overwrite``), and ``CheckpointError`` for a checkpoint that cannot be resumed.
+    ``interrupt`` (``main`` passes its Ctrl-C handler): once its ``requested`` is true, the run
+    saves a checkpoint after the current step and raises ``Interrupted``. ``team``
+    (``train.distributed``): the processes the run spans; by default this one. Every decision
+    that ends a step or the run (budget, interrupt) is rank 0's, so all ranks take it together."""
+    interrupt = interrupt or _StopOnInterrupt.never
     team = team or SingleProcess()
     cfg = team.agree_config(cfg)  # rank 0's settings: its output directory may be the only one
     log = log if team.is_root else (lambda *args, **kwargs: None)
+    check_config(cfg)
     out = Path(cfg.out)
     if team.is_root:
+        check_out(out, cfg.resume, overwrite)
         out.mkdir(parents=True, exist_ok=True)
     rng.manual_seed(cfg.seed)
-    train_loader, test_loader = load_data(cfg)
-    train_loader, test_loader = team.shard(train_loader), team.shard(test_loader, evaluation=True)
-    model = build_model(cfg, train_loader.dataset.images.shape[1:])
-    team.bcast_parameters(model)
-    check_micro_batching(cfg, model)
+    train_loader, test_loader, model, optimizer, schedule = _setup(cfg, team)
     sync_batch_norm = uses_batch_statistics(model)  # its micro-batches are shards of one batch
     micro_batch, micro_threads = team.micro_batching(cfg, sync_batch_norm)
-    optimizer = build_optimizer(cfg, model)
     params = list(model.parameters())
-    schedule = build_schedule(cfg, optimizer, len(train_loader))
-    history, start_epoch, elapsed = [], 0, 0.0
+    history, elapsed, partial, budget_spent = [], 0.0, None, False
 
     if cfg.resume:
         state = team.load_checkpoint(load_checkpoint, out / CHECKPOINT)
         check_resumable(cfg, state["config"], out / CHECKPOINT)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(state["schedule"])
-        train_loader.load_state_dict(state["loader"])
-        rng.set_state(state["rng"])
-        history, start_epoch, elapsed = list(state["history"]), int(state["epoch"]), float(state["elapsed"])
+        history, elapsed, partial = _restore(out / CHECKPOINT, state, model, optimizer, schedule, train_loader)
+        budget_spent = bool(state.get("budget_spent", False))
+        if partial is not None and not team.is_root:
+            partial = dict(partial, loss_sum=0.0, correct=0, seen=0)  # the epoch's sums so far are rank 0's
         if team.is_root:
             write_metrics(out, history)
-        log(f"resumed from {out / CHECKPOINT} after epoch {start_epoch}")
     elif team.is_root and (out / METRICS).exists():
         (out / METRICS).unlink()  # a fresh run starts a fresh log
     if team.size > 1:
         log(f"distributed: {team.size} ranks, each computing 1/{team.size} of every batch of {cfg.batch_size}")
 
-    started = time.perf_counter() - elapsed
-    out_of_time = False
-    # With a budget, training stops early enough for the final evaluation to fit in it too
-    # (estimated by the last evaluation's time), and the schedule runs over the training part.
-    eval_reserve = 1.5 * history[-1]["eval_time"] if history else 0.0
-    for epoch in range(start_epoch, cfg.epochs):
-        if out_of_time:
+    started = clock() - elapsed
+    budget = None
+    if cfg.budget is not None:
+        evals = [r["eval_time"] for r in history if "eval_time" in r]
+        budget = Budget(cfg.budget, spent=elapsed, clock=clock, eval_time=max(evals) if evals else None)
+        budget_spent = team.agree(budget_spent or (bool(history) and partial is None and not budget.room_for_step()))
+    if cfg.resume and partial is None and (len(history) >= cfg.epochs or budget_spent):
+        done = team.agree(_finished_summary(out))  # rank 0's files decide
+        if done is not None:  # nothing to train, nothing to rewrite
+            log(f"nothing to do: the run in {out} finished ({len(history)} epochs"
+                + (", its budget used" if budget_spent else "") + f"); its results are in {out / SUMMARY}")
+            return done
+    if cfg.resume:
+        log(f"resumed from {out / CHECKPOINT} after epoch {len(history)}"
+            + (f" and {partial['seen']} images of the next" if partial else ""))
+
+    for epoch in range(len(history), cfg.epochs):
+        if budget_spent:
             break
-        t0 = time.perf_counter()
+        t0 = clock()
         loss_sum, correct, seen = 0.0, 0, 0
+        if partial is not None:  # resuming inside an epoch
+            loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
+            t0 -= partial["train_time"]
+            partial = None
         total = "" if cfg.epochs == UNCAPPED else f"/{cfg.epochs}"
-        bar = _progress(len(train_loader), f"epoch {epoch + 1}{total}", cfg.progress and team.is_root)
+        bar = _progress(len(train_loader), f"epoch {epoch + 1}{total}", cfg.progress and team.is_root,
+                        initial=-(-seen // cfg.batch_size))
         for x, y in train_loader:  # with several ranks: this rank's slice of each batch
-            if cfg.budget is not None and schedule is not None:
-                now = team.agree(time.perf_counter() - started)  # rank 0's clock sets every rank's lr
-                schedule.set_progress(min(now / (cfg.budget - eval_reserve), 1.0))
+            if budget is not None and not team.agree(budget.room_for_step()):
+                budget_spent = True  # this step and the evaluation after it would not fit
+                break
+            step_start = clock()
+            if budget is not None and schedule is not None:
+                schedule.set_progress(team.agree(budget.progress()))  # rank 0's clock sets every rank's lr
             optimizer.zero_grad()
             scale = team.loss_scale(train_loader)  # 1, unless this rank's slice is not 1/N of the batch
             with team.sync_batch_norm():
@@ -328,45 +525,61 @@ def run(cfg: Config, log=print, command=None, team=None):
             loss /= scale
             team.reduce_gradients(params)
             optimizer.step()
-            if cfg.budget is None and schedule is not None:
+            if budget is None and schedule is not None:
                 schedule.step()
             loss_sum += loss * len(y)
             correct += int((logits.argmax(axis=1) == y).sum())
             seen += len(y)
+            if budget is not None:
+                budget.note_step(clock() - step_start, len(y), len(test_loader.dataset))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                img_s=f"{seen * team.size / (time.perf_counter() - t0):.0f}", refresh=False)
-            if cfg.budget is not None and team.agree(time.perf_counter() - started) + eval_reserve >= cfg.budget:
-                out_of_time = True
+                                img_s=f"{seen * team.size / (clock() - t0):.0f}", refresh=False)
+            if team.agree(interrupt.requested):
+                interrupt.requested = True
                 break
         if bar is not None:
             bar.close()
+        train_time = clock() - t0
+        if interrupt.requested and train_loader.state_dict()["batch"]:  # stopped inside the epoch
+            loss_sum, correct, seen = team.sum(loss_sum, correct, seen)  # over every rank's slices
+            partial = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "train_time": train_time}
+            if team.is_root:
+                save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history,
+                                clock() - started, partial=partial)
+            raise Interrupted(f"in epoch {epoch + 1}, after {seen} of its images")
         loss_sum, correct, seen = team.sum(loss_sum, correct, seen)  # over every rank's slices
-        train_time = time.perf_counter() - t0
+        if seen == 0:  # the budget ended the run at an epoch boundary: the last evaluation stands
+            break
         test_loss, test_acc = team.evaluate(evaluate, model, test_loader)
-        elapsed = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+        elapsed = clock() - started
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                   "test_loss": test_loss, "test_acc": test_acc, "images": seen,
                   "lr": float(optimizer.param_groups[0]["lr"]), "train_time": train_time,
-                  "eval_time": time.perf_counter() - t0 - train_time, "wall_time": elapsed}
+                  "eval_time": clock() - t0 - train_time, "wall_time": elapsed}
         record = team.agree(record)  # rank 0's timings, so that every rank plans the budget alike
         history.append(record)
-        eval_reserve = 1.5 * record["eval_time"]
+        if budget is not None:
+            budget.note_eval(record["eval_time"])
+            budget_spent = team.agree(budget_spent or not budget.room_for_step())
         if team.is_root:  # the one writer: no file is ever written by two ranks
-            save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history, elapsed)
+            save_checkpoint(out / CHECKPOINT, cfg, model, optimizer, schedule, train_loader, history, elapsed,
+                            budget_spent=budget_spent)
             with open(out / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
         log(f"epoch {epoch + 1:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
             f"test loss {test_loss:.4f} acc {test_acc:.4f}  {train_time:.1f}s (+{record['eval_time']:.1f}s eval)  "
             f"wall {elapsed:.0f}s")
+        if interrupt.requested and epoch + 1 < cfg.epochs and not budget_spent:
+            raise Interrupted(f"after epoch {epoch + 1}")
 
     summary = summarize(cfg, model, history)
     summary["command"] = command or ""
     if not team.is_root:
         return summary
     model.save(out / "model.npz")
-    atomic_write(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    atomic_write(out / SUMMARY, lambda f: f.write(json.dumps(summary, indent=2).encode()))
     if history:
         from train.plots import plot_curves
 
@@ -375,10 +588,24 @@ def run(cfg: Config, log=print, command=None, team=None):
     return summary
 
 
-def save_checkpoint(path, cfg, model, optimizer, schedule, loader, history, elapsed):
+def _finished_summary(out):
+    """The summary of the finished run in ``out``, or None when its final files are incomplete
+    (a run killed after its last checkpoint): then resuming writes them."""
+    try:
+        summary = json.loads((out / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and (out / "model.npz").exists() else None
+
+
+def save_checkpoint(path, cfg, model, optimizer, schedule, loader, history, elapsed, partial=None,
+                    budget_spent=False):
+    """Everything to continue the run exactly: at an epoch boundary, or inside an epoch with
+    ``partial`` (the epoch's running sums so far; the loader knows its position)."""
     save_state(path, {
         "format": 1, "config": asdict(cfg), "model_class": f"{type(model).__module__}:{type(model).__name__}",
-        "epoch": history[-1]["epoch"], "elapsed": elapsed, "history": history,
+        "epoch": len(history), "elapsed": elapsed, "history": history, "partial": partial,
+        "budget_spent": budget_spent,
         "model": dict(model.state_dict()), "optimizer": optimizer.state_dict(),
         "schedule": None if schedule is None else schedule.state_dict(),
         "loader": loader.state_dict(), "rng": rng.get_state(),
@@ -402,6 +629,8 @@ FREE_ON_RESUME = {"resume", "progress", "out", "data", "eval_batch_size", "epoch
 
 def check_resumable(cfg, saved, path):
     """Refuse to resume with settings that would make the run differ from an uninterrupted one."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: its 'config' is not a dict of settings")
     now = asdict(cfg)
     changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in FREE_ON_RESUME and saved.get(k) != now[k]]
     if now["epochs"] != saved.get("epochs") and cfg.schedule != "const" and cfg.budget is None:
@@ -444,14 +673,30 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     reuse_freed_memory()  # big per-step arrays: reuse heap blocks instead of page-faulting fresh mmaps
+    out = Path(args.out or f"runs/{args.model}")
+    resume = f"python -m train.cifar10 --resume --out {out}"
     try:
         argv = sys.argv[1:] if argv is None else argv
+        cfg = config_from_args(args, parser)
         team = team_from_args(args)
-        with team.guard():  # under MPI: a rank that fails ends the job, naming itself
-            run(config_from_args(args, parser), command=" ".join(["python -m train.cifar10", *argv]), team=team)
-    except (data.DatasetError, CheckpointError, OSError, LaunchError) as e:  # OSError: data not found, download failed
+        with team.guard(), _StopOnInterrupt() as interrupt:  # under MPI a failing rank ends the job, naming itself
+            run(cfg, command=" ".join(["python -m train.cifar10", *argv]), overwrite=args.overwrite,
+                interrupt=interrupt, team=team)
+    except (data.DatasetError, CheckpointError, ConfigError, OSError, LaunchError) as e:  # OSError: data not found
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"interrupted {e}; the checkpoint in {out} holds everything up to there: resume with `{resume}`",
+              file=sys.stderr)
+        return INTERRUPTED
+    except KeyboardInterrupt:
+        if (out / CHECKPOINT).exists():
+            print(f"interrupted; {out / CHECKPOINT} holds the last completed epoch (or step): resume with "
+                  f"`{resume}`", file=sys.stderr)
+        else:
+            print("interrupted before the first checkpoint; nothing to resume, run the command again",
+                  file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -1,8 +1,12 @@
 """The seed project's study, redone: a CNN against a fully connected network on CIFAR-10,
-under the same wall-clock budget, written up in ``docs/results.md`` with an overlay plot.
+under the same wall-clock budget, written up as a markdown report with an overlay plot.
 
     python -m train.compare --budget 300 --data ../shared/data/cifar-10-binary.tar.gz
     python -m train.compare --report-only --extra runs/fast_cnn runs/seed_recipe
+    python -m train.compare --report-only --extra ... --report docs/results.md   # the tracked copy
+
+The report goes to ``OUT/results.md`` unless ``--report`` names another file: the tracked
+``docs/results.md`` is only ever rewritten when asked for by name.
 
 Each run is an ordinary ``train.cifar10`` run in ``OUT/<name>``; the report reads their
 ``summary.json`` and ``metrics.jsonl``, so runs made separately (``--extra``) join the table.
@@ -28,6 +32,16 @@ SEED_REFERENCE = [
      "parameters": 136874, "command": "the seed project's numpy code"},
     {"name": "seed FC (published)", "epochs": 90, "train_acc": None, "test_acc": 0.247, "wall": "—",
      "parameters": None, "command": "the seed project's numpy code"},
+]
+
+
+# What the figures were measured on: said in every report, as in the README.
+DATA_NOTE = [
+    "Data: every CIFAR-10 figure here comes from `shared/data/cifar-10-binary.tar.gz` (sha256 `8da5152f...`),",
+    "the official binary layout *rebuilt from the public JPEG copy of CIFAR-10*: the JPEG round trip lowers",
+    "accuracies a little, so the official archive gives somewhat higher figures with the same commands.",
+    "Runs with `--dataset fashion-mnist` need Fashion-MNIST's files: `apt-get install -y dataset-fashion-mnist`",
+    "(Debian's package, into `/usr/share/datasets/fashion-mnist/`).",
 ]
 
 
@@ -118,7 +132,9 @@ def write_report(runs, path, plot_path):
         f"Machine: {machine()}. Train accuracy/loss are running averages over each epoch's (augmented)",
         "batches; test figures are on the 10,000 test images after the epoch. Wall time includes the",
         "per-epoch evaluation. Regenerate with the commands in the last column (and",
-        "`python -m train.compare --report-only --extra DIR ...` for the table).",
+        "`python -m train.compare --report-only --extra DIR ... --report docs/results.md` for the table).",
+        "",
+        *DATA_NOTE,
         "",
         "| run | seed | epochs | train acc | test acc | train loss | test loss | wall time | parameters | command |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -154,6 +170,8 @@ def collect_runs(args, out):
                         "--out", str(run_dir), "--no-progress"]
             if args.data:
                 argv_run += ["--data", args.data]
+            if args.overwrite:
+                argv_run += ["--overwrite"]
             if cifar10.main(argv_run) != 0:
                 return None
         if (run_dir / "summary.json").exists():
@@ -167,15 +185,22 @@ def collect_runs(args, out):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds per model")
-    p.add_argument("--data", help="CIFAR-10 archive or folder")
-    p.add_argument("--out", default="runs/compare")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report", default="docs/results.md")
-    p.add_argument("--extra", nargs="*", default=[], help="more run directories to include in the table")
+    p.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds per model (default: %(default)s)")
+    p.add_argument("--data", help="CIFAR-10 archive or folder (default: $TINYGRAD_CNN_DATA, else the cache)")
+    p.add_argument("--out", default="runs/compare",
+                   help="folder of the runs, one subfolder per model (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default: %(default)s)")
+    p.add_argument("--report", help="markdown report to write, its plot in img/ beside it (default: OUT/results.md; "
+                   "docs/results.md updates the tracked copy)")
+    p.add_argument("--extra", nargs="*", default=[], metavar="DIR",
+                   help="more run directories to include in the table (default: none)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from existing runs")
+    p.add_argument("--overwrite", action="store_true", help="replace runs already in OUT (without it, an error)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if not args.report_only and not (args.budget > 0 and args.budget < float("inf")):
+        print(f"error: --budget must be a finite number of seconds > 0; got {args.budget!r}", file=sys.stderr)
+        return 2
     try:
         runs = collect_runs(args, out)
     except RunError as e:
@@ -186,7 +211,7 @@ def main(argv=None):
     if not runs:
         print("error: no finished runs to report", file=sys.stderr)
         return 2
-    report = Path(args.report)
+    report = Path(args.report) if args.report else out / "results.md"
     write_report(runs, report, report.parent / "img" / "compare.png")
     print(f"wrote {report}")
     return 0

@@ -82,41 +82,49 @@ def find_fashion_mnist(path: str | os.PathLike | None = None, split: str = "trai
                             f"dataset-fashion-mnist`")
 
 
+MAX_IDX_BYTES = 1 << 30  # 1 GiB: twenty times Fashion-MNIST's largest file
+
+
 def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     """Read an unsigned-byte IDX file (gzip-compressed if its name ends in .gz) into a uint8 array.
 
     ``ndim``, if given, is the number of dimensions the file must have. The returned array is
     a read-only view of the file's bytes. Raises :class:`DatasetError` naming the file for bad
     gzip data, a wrong magic number, or a data length that does not match the dimensions.
+    The header is read first and only the data it declares (at most ``MAX_IDX_BYTES``) after
+    it, so a file that decompresses to gigabytes is refused without reading them.
     """
     path = Path(path)
     try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise DatasetError(f"{path}: {len(head)} bytes, too short for an IDX header (4-byte magic)")
+            magic = int.from_bytes(head, "big")
+            file_ndim = head[3]
+            if head[:2] != b"\0\0" or head[2] != _IDX_UBYTE or (ndim is not None and file_ndim != ndim):
+                want = f"0x{(_IDX_UBYTE << 8) | ndim:08x}" if ndim is not None else "0x000008NN"
+                raise DatasetError(f"{path}: IDX magic number 0x{magic:08x}, expected {want} "
+                                   f"(unsigned bytes, {ndim if ndim is not None else 'N'} dimensions)")
+            raw_dims = f.read(4 * file_ndim)
+            if len(raw_dims) < 4 * file_ndim:
+                raise DatasetError(f"{path}: {4 + len(raw_dims)} bytes, too short for an IDX header of "
+                                   f"{file_ndim} dimensions")
+            dims = struct.unpack(f">{file_ndim}I", raw_dims)
+            expected = int(np.prod(dims, dtype=np.int64)) if dims else 1
+            if expected > MAX_IDX_BYTES:
+                raise DatasetError(f"{path}: the header declares dimensions {dims}, {expected:,} bytes of data, "
+                                   f"more than the {MAX_IDX_BYTES:,} this reader accepts; not read")
+            raw = f.read(expected + 1)  # one byte more than declared: enough to tell there is too much
     except FileNotFoundError:
         raise
     except (OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"{path}: truncated or corrupt gzip file: {type(e).__name__}: {e}") from e
-    if len(raw) < 4:
-        raise DatasetError(f"{path}: {len(raw)} bytes, too short for an IDX header (4-byte magic)")
-    magic = int.from_bytes(raw[:4], "big")
-    file_ndim = raw[3]
-    if raw[:2] != b"\0\0" or raw[2] != _IDX_UBYTE or (ndim is not None and file_ndim != ndim):
-        want = f"0x{(_IDX_UBYTE << 8) | ndim:08x}" if ndim is not None else "0x000008NN"
-        raise DatasetError(f"{path}: IDX magic number 0x{magic:08x}, expected {want} "
-                           f"(unsigned bytes, {ndim if ndim is not None else 'N'} dimensions)")
-    header = 4 + 4 * file_ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path}: {len(raw)} bytes, too short for an IDX header of {file_ndim} dimensions")
-    dims = struct.unpack(f">{file_ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - header != expected:
-        raise DatasetError(f"{path}: {len(raw) - header} data bytes, expected {expected} for dimensions "
-                           f"{dims}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    if len(raw) != expected:
+        got = f"{len(raw)}" if len(raw) <= expected else f"more than {expected}"
+        raise DatasetError(f"{path}: {got} data bytes, expected {expected} for dimensions {dims}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 
 def read_fashion_mnist(images_path: str | os.PathLike, labels_path: str | os.PathLike, *,
