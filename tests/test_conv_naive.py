@@ -1,7 +1,9 @@
-"""im2col, col2im and max_pool2d against straightforward pixel loops.
+"""im2col, col2im, max_pool2d and max-pool's derivative primitives against straightforward
+pixel loops.
 
-The references below loop over every output pixel and kernel tap, with no vectorisation
-and no cleverness about padding, so they are easy to read and hard to get wrong.
+The references (``naive_*`` in ``tinygrad_cnn.kernels.conv`` and ``kernels.pool``, beside the
+kernels they check) loop over every output pixel and kernel tap, with no vectorisation and
+no cleverness about padding, so they are easy to read and hard to get wrong.
 """
 from __future__ import annotations
 
@@ -11,76 +13,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import tinygrad_cnn.functional as F
-from tinygrad_cnn import Tensor, backend, no_grad
-from tinygrad_cnn.ops import conv as conv_ops
+import tinygrad_cnn as tc
+from tinygrad_cnn import Tensor, no_grad, ops, threads
+from tinygrad_cnn.kernels import conv as conv_kernels
+from tinygrad_cnn.kernels import pool as pool_kernels
+from tinygrad_cnn.kernels.conv import naive_col2im, naive_im2col
+from tinygrad_cnn.kernels.pool import naive_max_pool2d, naive_max_pool2d_backward, naive_max_pool2d_gather
 
 import strategies as S
-
-
-# --------------------------------------------------------------------------- references
-
-
-def _naive_taps(shape, kernel, stride, padding):
-    """Every in-image tap as (cols row, cols column, n, c, r, s): column entry [row, col] of
-    im2col holds pixel x[n, c, r, s]. Six plain loops: the reference the fast code is checked
-    against."""
-    N, C, H, W = shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    for c in range(C):
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                for n in range(N):
-                    for ho in range(Ho):
-                        for wo in range(Wo):
-                            r, s = ho * sh + i - ph, wo * sw + j - pw
-                            if 0 <= r < H and 0 <= s < W:
-                                yield row, (n * Ho + ho) * Wo + wo, n, c, r, s
-
-
-def naive_im2col(x, kernel, stride, padding):
-    """cols[(c, i, j), (n, ho, wo)] = x[n, c, ho*sh + i - ph, wo*sw + j - pw], or 0 outside."""
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    cols = np.zeros((C * kh * kw, N * Ho * Wo), dtype=x.dtype)
-    for row, col, n, c, r, s in _naive_taps(x.shape, kernel, stride, padding):
-        cols[row, col] = x[n, c, r, s]
-    return cols
-
-
-def naive_col2im(cols, shape, kernel, stride, padding):
-    """The transpose of naive_im2col: every column entry is added back to its pixel."""
-    x = np.zeros(shape, dtype=cols.dtype)
-    for row, col, n, c, r, s in _naive_taps(shape, kernel, stride, padding):
-        x[n, c, r, s] += cols[row, col]
-    return x
-
-
-def naive_max_pool2d(x, g, kernel, stride, padding):
-    """Forward and backward of max-pooling by loops. Padding is -inf; within a window taps
-    are visited in row-major order and a later tap wins only when strictly greater, so the
-    first maximum wins ties. The backward routes each output's gradient to that winner."""
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
-    gx = np.zeros_like(x)
-    for n in range(N):
-        for c in range(C):
-            for ho in range(Ho):
-                for wo in range(Wo):
-                    best, where = -np.inf, None
-                    for i in range(kh):
-                        for j in range(kw):
-                            r, s = ho * sh + i - ph, wo * sw + j - pw
-                            v = x[n, c, r, s] if (0 <= r < H and 0 <= s < W) else -np.inf
-                            if where is None or v > best:
-                                best, where = v, (r, s)
-                    out[n, c, ho, wo] = best
-                    gx[n, c, where[0], where[1]] += g[n, c, ho, wo]
-    return out, gx
 
 
 # -------------------------------------------------------------------------------- tests
@@ -144,15 +84,15 @@ def test_col2im_matches_loops(g_cols):
 @pytest.mark.parametrize("threaded", [False, True])
 def test_col2im_of_a_same_size_window(monkeypatch, shape, kernel, padding, threaded):
     """Stride 1 with the output grid equal to the input grid takes the flat-shift path
-    (conv_ops._col2im_same); it must match the loops and give the general path's bits."""
+    (kernels.conv.col2im_same); it must match the loops and give the general path's bits."""
     if threaded:
-        monkeypatch.setattr(backend, "_MIN_PARALLEL", 0)
+        monkeypatch.setattr(threads, "_MIN_PARALLEL", 0)
         monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
     n, c, h, w = shape
     cols = _rand((c * kernel[0] * kernel[1], n * h * w))
     got = F.col2im(Tensor(cols), shape, kernel, 1, padding).numpy()
     np.testing.assert_allclose(got, naive_col2im(cols, shape, kernel, (1, 1), padding), rtol=1e-12, atol=1e-12)
-    rows = conv_ops._col2im_rows(cols, shape, kernel, (1, 1), padding, shape[2:])
+    rows = conv_kernels.col2im_rows(cols, shape, kernel, (1, 1), padding, shape[2:])
     np.testing.assert_array_equal(got, rows)
 
 
@@ -192,18 +132,72 @@ def _pool_example(g):
     return g, x, _rand(g["shape"][:2] + g["out"])
 
 
+def _pool_geometry(g):
+    return g["kernel_hw"], g["stride_hw"], g["padding_hw"], g["out"]
+
+
+def _pool_params(g, x_shape):
+    return dict(input_shape=x_shape, kernel_size=g["kernel"], stride=g["stride"], padding=g["padding"])
+
+
+def _check_pool_to_third_order(x, grad, h, w, g):
+    """max_pool2d, its VJP (max_pool2d_backward), that VJP's VJP (max_pool2d_gather) and the
+    next (max_pool2d_backward again) against the loops, through the engine: exact, except
+    where overlapping windows add a shared winner's gradients (in another order)."""
+    kernel, stride, padding = g["kernel_hw"], g["stride_hw"], g["padding_hw"]
+    want_out, where = naive_max_pool2d(x, kernel, stride, padding)
+    t = Tensor(x, requires_grad=True)
+    out = F.max_pool2d(t, g["kernel"], g["stride"], g["padding"])
+    np.testing.assert_array_equal(out.numpy(), want_out)
+    v = Tensor(grad, requires_grad=True)
+    (gx,) = tc.grad(out, [t], v, create_graph=True)  # max_pool2d_backward(v)
+    np.testing.assert_allclose(gx.numpy(), naive_max_pool2d_backward(grad, where, x.shape), rtol=1e-12, atol=1e-12)
+    hv = Tensor(h, requires_grad=True)
+    (gv,) = tc.grad(gx, [v], hv, create_graph=True)  # max_pool2d_gather(h)
+    np.testing.assert_array_equal(gv.numpy(), naive_max_pool2d_gather(h, where))
+    (gh,) = tc.grad(gv, [hv], w)  # max_pool2d_backward(w)
+    np.testing.assert_allclose(gh.numpy(), naive_max_pool2d_backward(w, where, x.shape), rtol=1e-12, atol=1e-12)
+
+
 @given(pool_with_ties())
 @_examples(POOL_CORNERS, _pool_example)
-def test_max_pool2d_matches_loops_with_ties(case):
-    """Forward and backward agree exactly with the loop, ties (integer inputs) included."""
+def test_max_pool2d_and_its_derivatives_match_loops_with_ties(case):
+    """Forward, backward, double and triple backward agree with the loops, ties (integer
+    inputs) included: every order routes to, or reads at, the same first maximum."""
     g, x, grad = case
-    stride = g["stride"]
-    t = Tensor(x, requires_grad=True)
-    out = F.max_pool2d(t, g["kernel"], stride, g["padding"])
-    out.backward(grad)
-    want_out, want_grad = naive_max_pool2d(x, grad, g["kernel_hw"], g["stride_hw"], g["padding_hw"])
-    np.testing.assert_array_equal(out.numpy(), want_out)
-    np.testing.assert_allclose(t.grad, want_grad, rtol=1e-12, atol=1e-12)  # overlaps add in another order
+    rng = np.random.default_rng(0)
+    _check_pool_to_third_order(x, grad, rng.standard_normal(x.shape), rng.standard_normal(grad.shape), g)
+
+
+@given(pool_with_ties())
+@_examples(POOL_CORNERS, _pool_example)
+def test_max_pool2d_backward_and_gather_primitives_match_loops(case):
+    """The two primitives called directly at the kernel's winners; the gather of the pooled
+    input itself is the window maximum."""
+    g, x, grad = case
+    want_out, where = naive_max_pool2d(x, g["kernel_hw"], g["stride_hw"], g["padding_hw"])
+    out, winners = pool_kernels.max_pool2d(x, *_pool_geometry(g))
+    np.testing.assert_array_equal(out, want_out)
+    params = _pool_params(g, x.shape)
+    routed = ops.MaxPool2dBackward.apply(Tensor(grad), winners=winners, **params).numpy()
+    np.testing.assert_allclose(routed, naive_max_pool2d_backward(grad, where, x.shape), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(ops.MaxPool2dGather.apply(Tensor(x), winners=winners, **params).numpy(), want_out)
+    h = _rand(x.shape, 3)
+    np.testing.assert_array_equal(ops.MaxPool2dGather.apply(Tensor(h), winners=winners, **params).numpy(),
+                                  naive_max_pool2d_gather(h, where))
+
+
+@given(pool_with_ties())
+@_examples(POOL_CORNERS, _pool_example)
+def test_max_pool2d_backward_and_gather_are_adjoint(case):
+    """<backward(g), h> == <g, gather(h)>: each is the other's transpose (so each is the
+    other's VJP)."""
+    g, x, grad = case
+    _, winners = pool_kernels.max_pool2d(x, *_pool_geometry(g))
+    h = _rand(x.shape, 4)
+    lhs = float(np.sum(pool_kernels.max_pool2d_backward(grad, winners, x.shape, *_pool_geometry(g)) * h))
+    rhs = float(np.sum(grad * pool_kernels.max_pool2d_gather(h, winners, *_pool_geometry(g))))
+    assert abs(lhs - rhs) <= 1e-12 * (float(np.sum(np.abs(grad)) * np.max(np.abs(h))) + 1.0)
 
 
 def test_max_pool2d_first_maximum_wins():
@@ -216,7 +210,42 @@ def test_max_pool2d_first_maximum_wins():
     assert out.numpy().item() == 3.0
     want = np.zeros_like(x)
     want[0, 0, 0, 1] = 1.0  # the first 3 in row-major order, not split among the four
-    np.testing.assert_array_equal(t.grad, want)
+    np.testing.assert_array_equal(np.asarray(t.grad), want)
+
+
+def test_max_pool2d_derivative_primitives_reject_calls_that_do_not_fit():
+    x = _rand((1, 2, 4, 4))
+    _, winners = pool_kernels.max_pool2d(x, (2, 2), (2, 2), (0, 0), (2, 2))
+    params = dict(input_shape=x.shape, kernel_size=2)
+    with pytest.raises(TypeError, match=r"max_pool2d_backward: winners must be the Winners that max_pool2d's "
+                                        r"kernel returned .*; got tuple"):
+        ops.MaxPool2dBackward.apply(Tensor(_rand((1, 2, 2, 2))), winners=tuple(winners), **params)
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: a gradient of shape \(1, 2, 4, 4\) does not fit "
+                                         r"max-pooling of shape \(1, 2, 4, 4\) with kernel \(2, 2\): "
+                                         r"expected \(1, 2, 2, 2\)"):
+        ops.MaxPool2dBackward.apply(Tensor(x), winners=winners, **params)
+    with pytest.raises(ValueError, match=r"max_pool2d_gather: an input of shape \(1, 2, 2, 2\) does not fit"):
+        ops.MaxPool2dGather.apply(Tensor(_rand((1, 2, 2, 2))), winners=winners, **params)
+    with pytest.raises(ValueError, match=r"max_pool2d_gather: winners.cols of shape \(1, 2, 4, 2\) are not "
+                                         r"this max-pooling's \(expected \(1, 2, 4, 1\)\)"):
+        ops.MaxPool2dGather.apply(Tensor(_rand((1, 2, 4, 3))), winners=winners, input_shape=(1, 2, 4, 3),
+                                  kernel_size=(2, 3), stride=(2, 3))
+    with pytest.raises(ValueError, match=r"max_pool2d_gather: padding \(2, 2\) must be at most half the kernel"):
+        ops.MaxPool2dGather.apply(Tensor(x), winners=winners, **params, padding=2)
+
+
+def test_window_op_labels():
+    """What a graph drawing prints under each window op (``Op.label``)."""
+    x = Tensor(_rand((1, 2, 6, 6)), requires_grad=True)
+    assert F.im2col(x, 3, 1, 1, ones_row=True)._ctx.label() == "k=3x3 s=1 p=1 +ones"
+    assert F.im2col(x, (3, 2), (2, 1), 0)._ctx.label() == "k=3x2 s=2x1 p=0"
+    assert F.col2im(Tensor(_rand((18, 36)), requires_grad=True), x.shape, 3, 1, 1)._ctx.label() == "k=3x3 s=1 p=1"
+    out = F.max_pool2d(x, 2)
+    assert out._ctx.label() == "k=2x2 s=2 p=0"
+    (gx,) = tc.grad(out, [x], Tensor(_rand(out.shape), requires_grad=True), create_graph=True)
+    assert gx._ctx.name == "max_pool2d_backward" and gx._ctx.label() == "k=2x2 s=2 p=0"
+    gather = ops.MaxPool2dGather.apply(x, **gx._ctx.params)
+    assert gather._ctx.label() == "k=2x2 s=2 p=0"
 
 
 # ------------------------------------------------- the threaded paths, on channel-major inputs
@@ -226,8 +255,8 @@ def test_max_pool2d_first_maximum_wins():
 def threads_for_everything(monkeypatch):
     """Split even tiny inputs over 3 threads, and pooling into one-channel chunks, so the
     channel-block code runs in these tests."""
-    monkeypatch.setattr(backend, "_MIN_PARALLEL", 0)
-    monkeypatch.setattr(conv_ops, "_CHUNK", 1)
+    monkeypatch.setattr(threads, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(pool_kernels, "_CHUNK", 1)
     monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
 
 
@@ -248,20 +277,25 @@ def test_conv_primitives_threaded_on_channel_major_input(threads_for_everything,
     np.testing.assert_allclose(F.col2im(Tensor(y), x.shape, kernel, stride, padding).numpy(),
                                naive_col2im(y, x.shape, k, s, p), rtol=1e-12, atol=1e-12)
     if 2 * p[0] <= k[0] and 2 * p[1] <= k[1]:
-        t = Tensor(x, requires_grad=True)
-        out = F.max_pool2d(t, kernel, stride, padding)
-        g = _rand(out.shape, 2)
-        out.backward(g)
-        want_out, want_grad = naive_max_pool2d(x, g, k, s, p)
-        np.testing.assert_array_equal(out.numpy(), want_out)
-        np.testing.assert_allclose(t.grad, want_grad, rtol=1e-12, atol=1e-12)
+        g = S.geometry_example(x.shape, kernel, stride, padding)
+        out_shape = x.shape[:2] + g["out"]
+        grad, h, w = _rand(out_shape, 2), _channel_major(_rand(x.shape, 3)), _rand(out_shape, 4)
+        _check_pool_to_third_order(x, grad, h, w, g)
 
 
 def test_max_pool2d_saves_one_byte_per_window_pass_not_the_input():
     x = Tensor(_rand((2, 3, 8, 8)), requires_grad=True)
     out = F.max_pool2d(x, 2)
-    saved = [a for a in out._ctx.saved if a is not None]
+    saved = [a for a in out._ctx.saved if hasattr(a, "nbytes")]  # the winners' two passes (and a layout flag)
     assert [a.dtype for a in saved] == [np.uint8, np.uint8]
     assert sum(a.nbytes for a in saved) == 2 * 3 * 8 * 4 + 2 * 3 * 4 * 4
     with no_grad():
         assert F.max_pool2d(x, 2)._ctx is None
+
+
+def test_max_pool2d_first_order_backward_records_nothing():
+    """With create_graph=False the VJP runs its primitive without recording: the gradient
+    has no history and nothing more is kept."""
+    x = Tensor(_rand((2, 3, 8, 8)), requires_grad=True)
+    F.max_pool2d(x, 2).sum().backward()
+    assert x.grad._ctx is None and not x.grad.requires_grad

@@ -17,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor, gradcheck, gradgradcheck, is_grad_enabled, ops
 from tinygrad_cnn.graph import op_names
+from tinygrad_cnn.kernels import pool as pool_kernels
 from tinygrad_cnn.ops import REGISTRY
 
 import strategies as S
@@ -400,6 +401,40 @@ def _distinct(shape, seed=0):
 def _max_pool2d(g_x):
     g, x = g_x
     check("max_pool2d", lambda t: F.max_pool2d(t, g["kernel"], g["stride"], g["padding"]), x)
+
+
+def _winners_case(g, x):
+    """The winners of max-pooling ``x`` (from the kernel) and the primitives' parameters."""
+    _, winners = pool_kernels.max_pool2d(x, g["kernel_hw"], g["stride_hw"], g["padding_hw"], g["out"])
+    return dict(winners=winners, input_shape=x.shape, kernel_size=g["kernel"], stride=g["stride"],
+                padding=g["padding"])
+
+
+@st.composite
+def winners_case(draw, pooled):
+    """A max-pooling's geometry and winners (from an input with ties: any winners will do,
+    both primitives are linear), and an argument of the pooled (``pooled``) or input shape."""
+    g = draw(S.window_geometry(pool=True))
+    x = draw(S.tie_arrays(g["shape"]))
+    return g, x, draw(S.arrays(g["shape"][:2] + g["out"] if pooled else g["shape"]))
+
+
+@case("max_pool2d_backward")
+@given(winners_case(pooled=True))
+@_with_examples(POOL_EXAMPLES, wrap=lambda g: ((g, np.zeros(g["shape"]), _rand(g["shape"][:2] + g["out"])),))
+def _max_pool2d_backward(case_):
+    g, x, grad = case_
+    params = _winners_case(g, x)
+    check("max_pool2d_backward", lambda t: ops.MaxPool2dBackward.apply(t, **params), grad)
+
+
+@case("max_pool2d_gather")
+@given(winners_case(pooled=False))
+@_with_examples(POOL_EXAMPLES, wrap=lambda g: ((g, _rand(g["shape"]), _rand(g["shape"], 1)),))
+def _max_pool2d_gather(case_):
+    g, x, h = case_
+    params = _winners_case(g, x)
+    check("max_pool2d_gather", lambda t: ops.MaxPool2dGather.apply(t, **params), h)
 
 
 # --------------------------------------------------------------------------- composites

@@ -1,15 +1,16 @@
 """GEMM operands and results whose rows would start a multiple of 4 KiB apart are stored
-with one cache line of padding per row (``backend.empty_matrix``): im2col's columns and
+with one cache line of padding per row (``kernels.gemm.empty_matrix``): im2col's columns and
 large matmul results. Every op downstream must read such strided views exactly as it reads
 contiguous arrays: these tests force the padding onto small shapes and compare with it off."""
 import numpy as np
 import pytest
 
 import tinygrad_cnn.functional as F
-from tinygrad_cnn import Tensor, backend
-from tinygrad_cnn.ops import conv as conv_ops
+from tinygrad_cnn import Tensor
+from tinygrad_cnn.kernels import conv as conv_kernels
+from tinygrad_cnn.kernels import gemm
 from tinygrad_cnn.ops import norm as norm_ops
-from tinygrad_cnn.ops.linalg import product
+from tinygrad_cnn.ops.conv import window_geometry
 
 
 def _padded(a):
@@ -20,8 +21,8 @@ def _padded(a):
 @pytest.fixture
 def pad_everything(monkeypatch):
     """Pad every matrix whose rows are a multiple of 4 KiB long, however small or few."""
-    monkeypatch.setattr(backend, "_MIN_PADDED_BYTES", 0)
-    monkeypatch.setattr(conv_ops, "_MANY_ROWS", 0)
+    monkeypatch.setattr(gemm, "_MIN_PADDED_BYTES", 0)
+    monkeypatch.setattr(conv_kernels, "_MANY_ROWS", 0)
 
 
 @pytest.mark.parametrize("rows,cols,dtype,padded", [
@@ -32,7 +33,7 @@ def pad_everything(monkeypatch):
     (1, 1 << 20, np.float32, False),  # one row: nothing to collide with
 ])
 def test_empty_matrix_pads_rows_a_multiple_of_4k_apart(rows, cols, dtype, padded):
-    m = backend.empty_matrix(np, rows, cols, dtype)
+    m = gemm.empty_matrix(np, rows, cols, dtype)
     assert m.shape == (rows, cols) and m.dtype == dtype
     assert _padded(m) == padded
     if padded:
@@ -44,15 +45,15 @@ def test_empty_matrix_pads_rows_a_multiple_of_4k_apart(rows, cols, dtype, padded
 def test_a_large_product_is_padded_and_the_weight_gradient_keeps_its_fast_orientation():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 72), dtype=np.float32)
-    cols = backend.empty_matrix(np, 72, 4096, np.float32)
+    cols = gemm.empty_matrix(np, 72, 4096, np.float32)
     cols[...] = rng.standard_normal((72, 4096), dtype=np.float32)
     assert _padded(cols)
-    out = product(w, cols)
+    out = gemm.product(w, cols)
     assert _padded(out)
     np.testing.assert_allclose(out, w @ np.ascontiguousarray(cols), rtol=1e-5, atol=1e-4)
-    # g @ cols.T with padded cols is still computed as (cols @ g.T).T (ops/linalg.py)
+    # g @ cols.T with padded cols is still computed as (cols @ g.T).T (kernels/gemm.py)
     g = rng.standard_normal((64, 4096), dtype=np.float32)
-    dw = product(g, cols.T)
+    dw = gemm.product(g, cols.T)
     assert dw.strides[0] == dw.itemsize, "the weight gradient lost its faster GEMM orientation"
     np.testing.assert_allclose(dw, g @ np.ascontiguousarray(cols).T, rtol=1e-4, atol=1e-3)
 
@@ -66,7 +67,7 @@ def _conv_net_grads(x, params):
     out = F.conv2d(h, w2, None, stride=1, padding=1)
     loss = (out * out).sum()
     loss.backward()
-    return [out.numpy().copy()] + [t.grad.copy() for t in (xt, w1, b1, gamma, beta, w2)]
+    return [out.numpy().copy()] + [np.array(t.grad) for t in (xt, w1, b1, gamma, beta, w2)]
 
 
 def test_a_conv_net_on_padded_rows_matches_contiguous(monkeypatch):
@@ -74,11 +75,11 @@ def test_a_conv_net_on_padded_rows_matches_contiguous(monkeypatch):
     x = rng.standard_normal((4, 3, 32, 32), dtype=np.float32)  # rows of 4 x 32 x 32, then 4 x 16 x 16 pixels
     params = [rng.standard_normal(s, dtype=np.float32) for s in ((8, 3, 3, 3), (8,), (8,), (8,), (4, 8, 3, 3))]
     plain = _conv_net_grads(x, params)
-    monkeypatch.setattr(backend, "_MIN_PADDED_BYTES", 0)
-    monkeypatch.setattr(conv_ops, "_MANY_ROWS", 0)
+    monkeypatch.setattr(gemm, "_MIN_PADDED_BYTES", 0)
+    monkeypatch.setattr(conv_kernels, "_MANY_ROWS", 0)
     seen = []
-    orig = conv_ops.im2col_array
-    monkeypatch.setattr(conv_ops, "im2col_array", lambda *a, **k: seen.append(orig(*a, **k)) or seen[-1])
+    orig = conv_kernels.im2col
+    monkeypatch.setattr(conv_kernels, "im2col", lambda *a, **k: seen.append(orig(*a, **k)) or seen[-1])
     padded = _conv_net_grads(x, params)
     assert len(seen) == 2 and all(_padded(c) for c in seen), "a convolution's columns were not padded"
     for got, want in zip(padded, plain):  # float32, and BLAS may block a padded product differently
@@ -88,20 +89,20 @@ def test_a_conv_net_on_padded_rows_matches_contiguous(monkeypatch):
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (2, 2, 0), (3, 2, 1)])
 def test_col2im_reads_padded_columns(pad_everything, kernel, stride, padding):
     shape = (2, 3, 16, 32)
-    _, _, _, (ho, wo) = conv_ops.window_geometry("test", shape, kernel, stride, padding)
+    _, _, _, (ho, wo) = window_geometry("test", shape, kernel, stride, padding)
     rows, n = shape[1] * kernel * kernel, shape[0] * ho * wo
-    cols = backend.empty_matrix(np, rows, n, np.float32)
+    cols = gemm.empty_matrix(np, rows, n, np.float32)
     cols[...] = np.random.default_rng(2).standard_normal((rows, n), dtype=np.float32)
-    geometry = conv_ops.window_geometry("test", shape, kernel, stride, padding)
-    got = conv_ops.col2im_array(cols, shape, *geometry)
-    want = conv_ops.col2im_array(np.ascontiguousarray(cols), shape, *geometry)
+    geometry = window_geometry("test", shape, kernel, stride, padding)
+    got = conv_kernels.col2im(cols, shape, *geometry)
+    want = conv_kernels.col2im(np.ascontiguousarray(cols), shape, *geometry)
     assert _padded(cols) == (n * 4 % 4096 == 0)
     np.testing.assert_array_equal(got, want)
 
 
 def test_batch_norm_takes_channel_dots_on_padded_channels_without_a_copy():
     rng = np.random.default_rng(3)
-    m = backend.empty_matrix(np, 8, 2 * 32 * 32, np.float32)  # a convolution's (C, N*H*W) output
+    m = gemm.empty_matrix(np, 8, 2 * 32 * 32, np.float32)  # a convolution's (C, N*H*W) output
     m[...] = rng.standard_normal(m.shape, dtype=np.float32)
     x = m.reshape(8, 2, 32, 32).transpose(1, 0, 2, 3)     # (N, C, H, W), channel-major, padded
     rows = norm_ops._rows(x)

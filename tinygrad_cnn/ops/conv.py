@@ -1,20 +1,24 @@
-"""Sliding-window primitives on NCHW tensors: im2col, its adjoint col2im, and max-pooling.
+"""Sliding-window primitives on NCHW tensors: im2col and its adjoint col2im (a convolution is
+im2col, then one GEMM), and max-pooling with the two primitives its derivatives need.
 
-Layout: ``im2col`` turns (N, C, H, W) into columns of shape (C*kH*kW, N*Ho*Wo): row
-(c, i, j) holds input channel c shifted by kernel offset (i, j), for every output pixel
-(n, ho, wo). Then a convolution is one GEMM, ``W.reshape(C_out, -1) @ cols``, in the
-orientation that runs fastest for the skinny shapes of small CNNs, and each copy moves
-whole image rows. Padding is folded in: out-of-range taps are left as zeros, so no padded
-copy of the input is ever made. All loops run over the kH*kW kernel offsets only; each
-iteration is one vectorised copy of every image and channel at once.
+Each forward is one call into ``tinygrad_cnn.kernels.conv`` or ``kernels.pool`` (the fast
+array code, with plain-loop references beside it); each VJP is Tensor code, so every one of
+these is differentiable to any order. The VJP chains close on themselves:
+
+    im2col -> col2im -> im2col -> ...                       (each the other's transpose)
+    max_pool2d -> max_pool2d_backward -> max_pool2d_gather -> max_pool2d_backward -> ...
+
+``max_pool2d_backward`` routes a gradient to each window's winner and ``max_pool2d_gather``
+reads an input-shaped tensor at the winners: linear maps, each the other's transpose, at the
+winners the forward saved (one byte per output and pass: never the input itself).
 """
 from __future__ import annotations
 
 import operator
 
-import numpy as np
-
-from ..backend import array_module, empty_matrix, is_floating, parallel_ranges
+from ..kernels import conv as conv_kernels
+from ..kernels import pool as pool_kernels
+from ..xp import is_floating
 from . import Op, register
 
 
@@ -52,143 +56,29 @@ def window_geometry(name, x_shape, kernel_size, stride, padding):
     return (kh, kw), (sh, sw), (ph, pw), out_hw
 
 
-def _taps(offset, pad, stride, size, out_size):
-    """For kernel offset ``offset``: the output range [lo, hi) whose input tap is inside the
-    image, and the matching input slice."""
-    lo = max(0, -((offset - pad) // stride))
-    hi = min(out_size, (size - 1 + pad - offset) // stride + 1)
-    if lo >= hi:
-        return lo, lo, None
-    start = lo * stride + offset - pad
-    return lo, hi, slice(start, start + (hi - lo - 1) * stride + 1, stride)
+def pool_geometry(name, x_shape, kernel_size, stride, padding):
+    """``window_geometry`` for max-pooling: stride None means the kernel, and padding (which
+    counts as -inf) may be at most half the kernel, so every window holds a real element."""
+    geometry = window_geometry(name, x_shape, kernel_size, kernel_size if stride is None else stride, padding)
+    (kh, kw), _, (ph, pw), _ = geometry
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"{name}: padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
+    return geometry
 
 
-def _tap_plan(kernel, stride, padding, in_hw, out_hw):
-    """For each kernel offset (i, j): (i, j, output rows, output cols, input rows, input cols)
-    of the taps that land inside the image; taps entirely in the padding are left out."""
-    (kh, kw), (sh, sw), (ph, pw), (H, W), (Ho, Wo) = kernel, stride, padding, in_hw, out_hw
-    plan = []
-    for i in range(kh):
-        r0, r1, rows = _taps(i, ph, sh, H, Ho)
-        for j in range(kw):
-            c0, c1, cs = _taps(j, pw, sw, W, Wo)
-            if rows is not None and cs is not None:
-                plan.append((i, j, slice(r0, r1), slice(c0, c1), rows, cs))
-    return plan
+def window_label(params, default_stride) -> str:
+    """``k=3x3 s=1 p=1`` (and ``+ones`` for im2col's row of ones): a window op's label."""
+    def pair(v, always_two=False):
+        if isinstance(v, (tuple, list)):
+            return str(v[0]) if len(v) == 2 and v[0] == v[1] and not always_two else "x".join(map(str, v))
+        return f"{v}x{v}" if always_two else str(v)
+
+    k, s = params.get("kernel_size"), params.get("stride", default_stride)
+    text = f"k={pair(k, always_two=True)} s={pair(k if s is None else s)} p={pair(params.get('padding', 0))}"
+    return text + (" +ones" if params.get("ones_row") else "")
 
 
-def im2col_array(x, kernel, stride, padding, out_hw, ones_row=False):
-    N, C, H, W = x.shape
-    (kh, kw), _, (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
-    xp = array_module(x)
-    rows = C * kh * kw
-    if rows >= _MANY_ROWS:  # the GEMM's operand, its rows laid out for BLAS (see empty_matrix)
-        out = empty_matrix(xp, rows + ones_row, N * Ho * Wo, x.dtype)
-    else:
-        out = xp.empty((rows + ones_row, N * Ho * Wo), dtype=x.dtype)
-    if ones_row:
-        out[rows] = 1
-    cols = out[:rows].reshape(C, kh, kw, N, Ho, Wo)
-    xt = x.transpose(1, 0, 2, 3)
-    plan = _tap_plan(kernel, stride, padding, (H, W), out_hw)
-    inside = {(i, j) for i, j, *_ in plan}
-    outside = [(i, j) for i in range(kh) for j in range(kw) if (i, j) not in inside]
-
-    def fill(c_lo, c_hi):
-        block = cols[c_lo:c_hi]
-        for i, j in outside:  # taps that only ever see padding
-            block[:, i, j] = 0
-        for i, j, o_r, o_c, rows, cs in plan:
-            tap = block[:, i, j]
-            tap[:, :, o_r, o_c] = xt[c_lo:c_hi, :, rows, cs]
-            if ph or pw:  # zero the border where this tap falls into the padding
-                tap[:, :, :o_r.start] = 0
-                tap[:, :, o_r.stop:] = 0
-                tap[:, :, o_r, :o_c.start] = 0
-                tap[:, :, o_r, o_c.stop:] = 0
-
-    parallel_ranges(C, fill, cols.size)
-    return out
-
-
-# Columns with fewer rows than this (a first layer's 27 or 28) are left unpadded: their GEMM
-# gained ~4% from padding, and their weight gradient is a product small enough to go to
-# ``dot`` (ops/linalg.py), which copies a padded operand first (+30% there).
-_MANY_ROWS = 64
-
-
-def col2im_array(cols, x_shape, kernel, stride, padding, out_hw):
-    if stride == (1, 1) and tuple(out_hw) == tuple(x_shape[2:]):
-        return _col2im_same(cols, x_shape, kernel, padding)
-    return _col2im_rows(cols, x_shape, kernel, stride, padding, out_hw)
-
-
-def _col2im_rows(cols, x_shape, kernel, stride, padding, out_hw):
-    """col2im for any window: each tap is added to every image and channel at once, one
-    image row at a time."""
-    N, C, H, W = x_shape
-    (kh, kw), (Ho, Wo) = kernel, out_hw
-    xp = array_module(cols)
-    c6 = cols.reshape(C, kh, kw, N, Ho, Wo)
-    out = xp.empty((C, N, H, W), dtype=cols.dtype)
-    plan = _tap_plan(kernel, stride, padding, (H, W), out_hw)
-    # A tap that covers every input pixel once (stride 1, e.g. the centre of a "same" conv)
-    # is assigned first, so the buffer needs no zero fill.
-    full = next((t for t in plan if (t[4], t[5]) == (slice(0, H, 1), slice(0, W, 1))), None)
-
-    def accumulate(c_lo, c_hi):
-        if full is None:
-            out[c_lo:c_hi] = 0
-        else:
-            i, j, o_r, o_c, _, _ = full
-            out[c_lo:c_hi] = c6[c_lo:c_hi, i, j, :, o_r, o_c]
-        for tap in plan:
-            if tap is not full:
-                i, j, o_r, o_c, rows, cs = tap
-                out[c_lo:c_hi, :, rows, cs] += c6[c_lo:c_hi, i, j, :, o_r, o_c]
-
-    parallel_ranges(C, accumulate, out.size * len(plan))
-    return out.transpose(1, 0, 2, 3)
-
-
-def _col2im_same(cols, x_shape, kernel, padding):
-    """col2im for a stride-1 window whose output grid is the input grid (a "same"
-    convolution, e.g. 3x3 with padding 1): every kernel offset is then one constant shift
-    of a channel's pixels flattened over all images, so each tap is added with one long
-    contiguous add instead of an add per image row (2.5-3.5x faster here). The shift also
-    carries each row's (and each image's) edge over to the next one; nothing of this tap
-    belongs in the pixels it lands on there (the band of ``|di|`` rows / ``|dj|`` columns on
-    the far side), so they are saved before the add and put back after it. Same sums in
-    the same order as the row-wise path, so the same bits."""
-    N, C, H, W = x_shape
-    (kh, kw), (ph, pw) = kernel, padding
-    xp = array_module(cols)
-    n = N * H * W
-    taps = cols.reshape(C, kh * kw, n)
-    out = xp.empty((C, N, H, W), dtype=cols.dtype)
-    flat = out.reshape(C, n)
-    plan = _tap_plan(kernel, (1, 1), padding, (H, W), (H, W))
-    # the centre tap covers every pixel once: assigned first, so no zero fill is needed
-    offsets = sorted(((i - ph, j - pw, i * kw + j) for i, j, *_ in plan), key=lambda o: o[:2] != (0, 0))
-
-    def accumulate(c_lo, c_hi):
-        o, o4, t = flat[c_lo:c_hi], out[c_lo:c_hi], taps[c_lo:c_hi]
-        o[...] = t[:, offsets[0][2]]
-        for di, dj, k in offsets[1:]:
-            shift = di * W + dj
-            bands = [b for b in (o4[..., W + dj:] if dj < 0 else o4[..., :dj] if dj > 0 else None,
-                                 o4[:, :, H + di:] if di < 0 else o4[:, :, :di] if di > 0 else None)
-                     if b is not None]
-            kept = [b.copy() for b in bands]
-            if shift >= 0:
-                o[:, shift:] += t[:, k, :n - shift]
-            else:
-                o[:, :n + shift] += t[:, k, -shift:]
-            for b, v in zip(bands, kept):
-                b[...] = v
-
-    parallel_ranges(C, accumulate, out.size * len(offsets))
-    return out.transpose(1, 0, 2, 3)
+# ------------------------------------------------------------------------ im2col, col2im
 
 
 @register
@@ -200,14 +90,16 @@ class Im2col(Op):
     name = "im2col"
 
     def forward(self, x, kernel_size, stride=1, padding=0, ones_row=False):
-        self.geometry = window_geometry(self.name, x.shape, kernel_size, stride, padding)
-        self.in_shape, self.ones_row = x.shape, bool(ones_row)
-        return im2col_array(x, *self.geometry, ones_row=self.ones_row)
+        geometry = window_geometry(self.name, x.shape, kernel_size, stride, padding)
+        return conv_kernels.im2col(x, *geometry, ones_row=bool(ones_row))
 
     def backward(self, g):
         p = self.params
-        return Col2im.apply(g[:-1] if self.ones_row else g, input_shape=self.in_shape,
+        return Col2im.apply(g[:-1] if p.get("ones_row") else g, input_shape=self.parents[0].shape,
                             kernel_size=p["kernel_size"], stride=p.get("stride", 1), padding=p.get("padding", 0))
+
+    def label(self):
+        return window_label(self.params, 1)
 
 
 @register
@@ -217,158 +109,117 @@ class Col2im(Op):
     name = "col2im"
 
     def forward(self, cols, input_shape, kernel_size, stride=1, padding=0):
-        self.in_shape = tuple(int(n) for n in input_shape)
-        self.geometry = window_geometry(self.name, self.in_shape, kernel_size, stride, padding)
-        (kh, kw), _, _, (Ho, Wo) = self.geometry
-        N, C = self.in_shape[:2]
-        expected = (C * kh * kw, N * Ho * Wo)
+        in_shape = tuple(int(n) for n in input_shape)
+        geometry = window_geometry(self.name, in_shape, kernel_size, stride, padding)
+        (kh, kw), _, _, (Ho, Wo) = geometry
+        expected = (in_shape[1] * kh * kw, in_shape[0] * Ho * Wo)
         if cols.shape != expected:
-            raise ValueError(f"col2im: columns of shape {cols.shape} do not fit input shape {self.in_shape} "
+            raise ValueError(f"col2im: columns of shape {cols.shape} do not fit input shape {in_shape} "
                              f"with kernel {(kh, kw)}: expected {expected}")
-        return col2im_array(cols, self.in_shape, *self.geometry)
+        return conv_kernels.col2im(cols, in_shape, *geometry)
 
     def backward(self, g):
         p = self.params
         return Im2col.apply(g, kernel_size=p["kernel_size"], stride=p.get("stride", 1), padding=p.get("padding", 0))
 
+    def label(self):
+        return window_label(self.params, 1)
+
+
+# ---------------------------------------------------------------------------- max-pooling
+
 
 @register
 class MaxPool2d(Op):
-    """Max over each kH x kW window (padding counts as -inf). In the VJP each window's
-    gradient goes to its first maximum in row-major order, so ties go to the first element,
-    as in PyTorch.
-
-    The max is taken in two separable passes: along each row over the kW column taps, then
-    over the kH rows of those row maxima. Each pass keeps, as one byte per output, which tap
-    won (the first of equals), so the first maximum of a row followed by the first row holding
-    the window's maximum is exactly the row-major first maximum. Backward routes the gradient
-    back through the two passes with one multiply per tap and never stores the input. Both
-    directions work on channel blocks, on several threads for large inputs.
-    """
+    """Max over each kH x kW window (padding counts as -inf; stride defaults to the kernel).
+    Its VJP sends each window's gradient to the window's first maximum in row-major order
+    (ties go to the first element, as in PyTorch): ``max_pool2d_backward`` at the winners
+    this forward saved."""
 
     name = "max_pool2d"
 
     def forward(self, x, kernel_size, stride=None, padding=0):
         if not is_floating(x.dtype):
             raise TypeError(f"max_pool2d: expects a floating-point tensor; got dtype {x.dtype}")
-        stride = kernel_size if stride is None else stride
-        (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = window_geometry(self.name, x.shape, kernel_size, stride, padding)
-        if 2 * ph > kh or 2 * pw > kw:
-            raise ValueError(f"max_pool2d: padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
-        xp = array_module(x)
-        src = x if not (ph or pw) else xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-        rows_used = (Ho - 1) * sh + kh  # input rows that some window reads
-        self.col_taps = [(slice(None), slice(None), slice(0, rows_used), slice(j, j + (Wo - 1) * sw + 1, sw))
-                         for j in range(kw)]
-        self.row_taps = [(slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh)) for i in range(kh)]
-        keep = self._record
-        channel_major = src.strides[1] > src.strides[0]  # e.g. a convolution's output
-        rows_shape = src[self.col_taps[0]].shape  # the row maxima: (N, C, rows_used, Wo)
-        out = _empty(xp, rows_shape[:2] + (Ho, Wo), x.dtype, channel_major)
-        index_dtype = np.min_scalar_type(max(kh, kw) - 1)
-        col_win = _empty(xp, rows_shape, index_dtype, channel_major) if keep and kw > 1 else None
-        row_win = _empty(xp, out.shape, index_dtype, channel_major) if keep and kh > 1 else None
-
-        def pool(lo, hi):
-            for block in _blocks(lo, hi, src.shape[0], src.shape[2] * src.shape[3]):
-                taps = [src[t][block] for t in self.col_taps]
-                rows = _empty(xp, taps[0].shape, x.dtype, channel_major)  # one block's, in cache
-                _running_max(xp, taps, rows, None if col_win is None else col_win[block])
-                _running_max(xp, [rows[t] for t in self.row_taps], out[block],
-                             None if row_win is None else row_win[block])
-
-        parallel_ranges(x.shape[1], pool, src.size)
-        self.save(col_win, row_win)
-        self.geometry = (src.shape, rows_shape, (ph, pw), x.shape[2:], channel_major)
+        geometry = pool_geometry(self.name, x.shape, kernel_size, stride, padding)
+        out, winners = pool_kernels.max_pool2d(x, *geometry, winners=self._record)
+        if winners is not None:  # only while recording: one byte per output and pass, not the input
+            self.save(*winners)
         return out
 
     def backward(self, g):
-        from ..tensor import Tensor  # TEMPORARY until the routing primitive lands
-        return Tensor._wrap(self._route(g.data), False)
+        winners = pool_kernels.Winners(*self.saved)
+        return MaxPool2dBackward.apply(g, winners=winners, input_shape=self.parents[0].shape, **self.params)
 
-    def _route(self, g):
-        col_win, row_win = self.saved
-        src_shape, rows_shape, (ph, pw), (H, W), channel_major = self.geometry
-        xp = array_module(g)
-        kh, sh = len(self.row_taps), self.row_taps[0][2].step
-        kw, sw = len(self.col_taps), self.col_taps[0][3].step
-        # The gradient of the row maxima, then of the input. Where windows do not overlap a
-        # pass writes each tap's share; where they overlap it accumulates. Buffers start at
-        # zero unless the windows cover every element.
-        covered = sw == kw and rows_shape[2] == src_shape[2] and rows_shape[3] * kw == src_shape[3]
-        gx = _empty(xp, src_shape, g.dtype, channel_major, zero=not covered)
-
-        def route(lo, hi):
-            for block in _blocks(lo, hi, src_shape[0], src_shape[2] * src_shape[3]):
-                g_block = g[block]
-                g_rows = _empty(xp, g_block.shape[:2] + rows_shape[2:], g.dtype, channel_major, zero=sh != kh)
-                _route(xp, g_block, None if row_win is None else row_win[block],
-                       [g_rows[t] for t in self.row_taps], sh >= kh)
-                _route(xp, g_rows, None if col_win is None else col_win[block],
-                       [gx[t][block] for t in self.col_taps], sw >= kw)
-
-        parallel_ranges(src_shape[1], route, int(np.prod(src_shape)))
-        return gx if not (ph or pw) else gx[:, :, ph:ph + H, pw:pw + W]
+    def label(self):
+        return window_label(self.params, None)
 
 
-_CHUNK = 1 << 18  # elements per pooling block: big enough that per-call overhead is small
+class _AtWinners(Op):
+    """What max_pool2d_backward and max_pool2d_gather share: their parameters (the winners
+    from max_pool2d's forward, the pooled input's shape, the window), checked, and a label."""
+
+    def _geometry(self, arg, winners, input_shape, kernel_size, stride, padding, pooled):
+        """Validate a call; return the window geometry. ``arg`` is the op's tensor argument:
+        of the pooled output's shape if ``pooled``, else of the input's."""
+        if not isinstance(winners, pool_kernels.Winners):
+            raise TypeError(f"{self.name}: winners must be the Winners that max_pool2d's kernel returned "
+                            f"(tinygrad_cnn.kernels.pool.max_pool2d); got {type(winners).__name__}")
+        input_shape = tuple(input_shape)
+        geometry = pool_geometry(self.name, input_shape, kernel_size, stride, padding)
+        (kh, kw), (sh, _), _, (Ho, Wo) = geometry
+        out_shape = input_shape[:2] + (Ho, Wo)
+        want = out_shape if pooled else input_shape
+        if arg.shape != want:
+            raise ValueError(f"{self.name}: {'a gradient' if pooled else 'an input'} of shape {arg.shape} does not "
+                             f"fit max-pooling of shape {input_shape} with kernel {(kh, kw)}: expected {want}")
+        for what, array, shape, used in (("cols", winners.cols, out_shape[:2] + ((Ho - 1) * sh + kh, Wo), kw > 1),
+                                         ("rows", winners.rows, out_shape, kh > 1)):
+            if (array is not None) != used or (used and array.shape != shape):
+                raise ValueError(f"{self.name}: winners.{what} of shape {getattr(array, 'shape', None)} are not "
+                                 f"this max-pooling's (expected {shape if used else None}): pass the Winners "
+                                 f"of the max_pool2d call with the same input shape and window")
+        return geometry
+
+    def label(self):
+        return window_label(self.params, None)
 
 
-def _blocks(lo, hi, n, per_image):
-    """Index tuples covering channels [lo, hi) and all ``n`` images in blocks of about
-    ``_CHUNK`` elements: several channels of a small batch, or part of one channel's images."""
-    per_channel = n * per_image
-    if per_channel >= _CHUNK:
-        step = max(1, _CHUNK // max(1, per_image))
-        for c in range(lo, hi):
-            for i in range(0, n, step):
-                yield slice(i, min(i + step, n)), slice(c, c + 1)
-    else:
-        step = _CHUNK // max(1, per_channel)
-        for c in range(lo, hi, step):
-            yield slice(None), slice(c, min(c + step, hi))
+@register
+class MaxPool2dBackward(_AtWinners):
+    """(N, C, Ho, Wo) gradient -> (N, C, H, W): each window's gradient added to the element
+    that won the window (``winners``, saved by max_pool2d's forward), zero elsewhere.
+
+    max_pool2d's VJP, as a primitive of its own so that its VJP can be written too: routing
+    through the one-byte winners is a kernel (no int64 indices, no copy of the input), and
+    it is linear in the gradient, so its VJP is its transpose, ``max_pool2d_gather`` at the
+    same winners. (The winners do not change under small moves of the input: the derivative
+    with respect to the pooled input is zero, as for any max away from ties.)"""
+
+    name = "max_pool2d_backward"
+
+    def forward(self, g, winners, input_shape, kernel_size, stride=None, padding=0):
+        geometry = self._geometry(g, winners, input_shape, kernel_size, stride, padding, pooled=True)
+        return pool_kernels.max_pool2d_backward(g, winners, tuple(input_shape), *geometry)
+
+    def backward(self, gg):
+        return MaxPool2dGather.apply(gg, **self.params)
 
 
-def _empty(xp, shape, dtype, channel_major, zero=False):
-    """An (N, C, ...) buffer, stored channel-major when the input was (the next op's layout)."""
-    make = xp.zeros if zero else xp.empty
-    if not channel_major:
-        return make(shape, dtype)
-    return make((shape[1], shape[0]) + tuple(shape[2:]), dtype).swapaxes(0, 1)
+@register
+class MaxPool2dGather(_AtWinners):
+    """(N, C, H, W) -> (N, C, Ho, Wo): for each window of a max-pool, the value of the input
+    at the element that won the window (``winners``); on the pooled input itself, the max.
 
+    The transpose of ``max_pool2d_backward``, and so its VJP (and that one is this one's):
+    the pair makes max_pool2d differentiable to any order, as im2col and col2im do for
+    convolutions."""
 
-def _running_max(xp, taps, out, winner):
-    """out = max over ``taps``; ``winner`` (if given) = index of the first tap holding it.
-    Each tap is first copied to a contiguous scratch buffer: numpy copies strided views
-    quickly, but its comparisons and maxima on them run several times slower."""
-    out[...] = taps[0]
-    if len(taps) == 1:
-        return
-    tap = xp.empty_like(out)
-    for k, view in enumerate(taps[1:], start=1):
-        tap[...] = view
-        if winner is not None:
-            if k == 1:
-                xp.greater(tap, out, out=winner.view(bool))  # 0 or 1: ties stay with tap 0
-            else:
-                xp.copyto(winner, k, where=tap > out)  # only a strictly larger value takes over
-        xp.maximum(out, tap, out=out)
+    name = "max_pool2d_gather"
 
+    def forward(self, h, winners, input_shape, kernel_size, stride=None, padding=0):
+        geometry = self._geometry(h, winners, input_shape, kernel_size, stride, padding, pooled=False)
+        return pool_kernels.max_pool2d_gather(h, winners, *geometry)
 
-def _route(xp, g, winner, targets, tiles):
-    """Send ``g`` to the tap that won: ``targets[k] (+)= g * (winner == k)``; ``tiles``
-    means the targets do not overlap, so each can be written instead of accumulated."""
-    if winner is None:  # a single tap takes everything
-        if tiles:
-            targets[0][...] = g
-        else:
-            targets[0] += g
-        return
-    mask = xp.empty_like(g)
-    for k, target in enumerate(targets):
-        xp.equal(winner, k, out=mask)
-        if tiles:
-            xp.multiply(g, mask, out=target)
-        else:
-            mask *= g
-            target += mask
+    def backward(self, g):
+        return MaxPool2dBackward.apply(g, **self.params)

@@ -1,0 +1,213 @@
+"""im2col and col2im on arrays: the copies that turn a convolution into one GEMM, and back.
+
+Layout: ``im2col`` turns (N, C, H, W) into columns of shape (C*kH*kW, N*Ho*Wo): row
+(c, i, j) holds input channel c shifted by kernel offset (i, j), for every output pixel
+(n, ho, wo). Then a convolution is one GEMM, ``W.reshape(C_out, -1) @ cols``, in the
+orientation that runs fastest for the skinny shapes of small CNNs, and each copy moves
+whole image rows. Padding is folded in: out-of-range taps are left as zeros, so no padded
+copy of the input is ever made. All loops run over the kH*kW kernel offsets only; each
+iteration is one vectorised copy of every image and channel at once, on several threads
+(channel blocks) for large inputs. ``col2im`` is the transpose: every column entry is added
+back to the pixel it came from.
+
+Geometry arguments are already validated and resolved to pairs (``ops.conv.window_geometry``):
+``kernel``, ``stride`` and ``padding`` as (h, w) pairs, ``out_hw`` the output grid (Ho, Wo).
+``naive_im2col`` and ``naive_col2im`` are the same maps as plain pixel loops: the reference
+the tests hold the fast code to.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..threads import parallel_ranges
+from ..xp import array_module
+from .gemm import empty_matrix
+
+# Columns with fewer rows than this (a first layer's 27 or 28) are left unpadded: their GEMM
+# gained ~4% from padding, and their weight gradient is a product small enough to go to
+# ``dot`` (kernels/gemm.py), which copies a padded operand first (+30% there).
+_MANY_ROWS = 64
+
+
+def _taps(offset, pad, stride, size, out_size):
+    """For kernel offset ``offset``: the output range [lo, hi) whose input tap is inside the
+    image, and the matching input slice."""
+    lo = max(0, -((offset - pad) // stride))
+    hi = min(out_size, (size - 1 + pad - offset) // stride + 1)
+    if lo >= hi:
+        return lo, lo, None
+    start = lo * stride + offset - pad
+    return lo, hi, slice(start, start + (hi - lo - 1) * stride + 1, stride)
+
+
+def tap_plan(kernel, stride, padding, in_hw, out_hw):
+    """For each kernel offset (i, j): (i, j, output rows, output cols, input rows, input cols)
+    of the taps that land inside the image; taps entirely in the padding are left out."""
+    (kh, kw), (sh, sw), (ph, pw), (H, W), (Ho, Wo) = kernel, stride, padding, in_hw, out_hw
+    plan = []
+    for i in range(kh):
+        r0, r1, rows = _taps(i, ph, sh, H, Ho)
+        for j in range(kw):
+            c0, c1, cs = _taps(j, pw, sw, W, Wo)
+            if rows is not None and cs is not None:
+                plan.append((i, j, slice(r0, r1), slice(c0, c1), rows, cs))
+    return plan
+
+
+# --------------------------------------------------------------------------------- im2col
+
+
+def im2col(x, kernel, stride, padding, out_hw, ones_row=False):
+    """(N, C, H, W) -> (C*kH*kW [+ 1], N*Ho*Wo) columns; with ``ones_row`` a last row of ones."""
+    N, C, H, W = x.shape
+    (kh, kw), _, (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    xp = array_module(x)
+    rows = C * kh * kw
+    if rows >= _MANY_ROWS:  # the GEMM's operand, its rows laid out for BLAS (see empty_matrix)
+        out = empty_matrix(xp, rows + ones_row, N * Ho * Wo, x.dtype)
+    else:
+        out = xp.empty((rows + ones_row, N * Ho * Wo), dtype=x.dtype)
+    if ones_row:
+        out[rows] = 1
+    cols = out[:rows].reshape(C, kh, kw, N, Ho, Wo)
+    xt = x.transpose(1, 0, 2, 3)
+    plan = tap_plan(kernel, stride, padding, (H, W), out_hw)
+    inside = {(i, j) for i, j, *_ in plan}
+    outside = [(i, j) for i in range(kh) for j in range(kw) if (i, j) not in inside]
+
+    def fill(c_lo, c_hi):
+        block = cols[c_lo:c_hi]
+        for i, j in outside:  # taps that only ever see padding
+            block[:, i, j] = 0
+        for i, j, o_r, o_c, rows, cs in plan:
+            tap = block[:, i, j]
+            tap[:, :, o_r, o_c] = xt[c_lo:c_hi, :, rows, cs]
+            if ph or pw:  # zero the border where this tap falls into the padding
+                tap[:, :, :o_r.start] = 0
+                tap[:, :, o_r.stop:] = 0
+                tap[:, :, o_r, :o_c.start] = 0
+                tap[:, :, o_r, o_c.stop:] = 0
+
+    parallel_ranges(C, fill, cols.size)
+    return out
+
+
+# --------------------------------------------------------------------------------- col2im
+
+
+def col2im(cols, x_shape, kernel, stride, padding, out_hw):
+    """(C*kH*kW, N*Ho*Wo) columns -> (N, C, H, W), overlapping taps summed. A stride-1 window
+    whose output grid is the input grid (a "same" convolution) takes a faster path with the
+    same sums in the same order, so the same bits."""
+    if stride == (1, 1) and tuple(out_hw) == tuple(x_shape[2:]):
+        return col2im_same(cols, x_shape, kernel, padding)
+    return col2im_rows(cols, x_shape, kernel, stride, padding, out_hw)
+
+
+def col2im_rows(cols, x_shape, kernel, stride, padding, out_hw):
+    """col2im for any window: each tap is added to every image and channel at once, one
+    image row at a time."""
+    N, C, H, W = x_shape
+    (kh, kw), (Ho, Wo) = kernel, out_hw
+    xp = array_module(cols)
+    c6 = cols.reshape(C, kh, kw, N, Ho, Wo)
+    out = xp.empty((C, N, H, W), dtype=cols.dtype)
+    plan = tap_plan(kernel, stride, padding, (H, W), out_hw)
+    # A tap that covers every input pixel once (stride 1, e.g. the centre of a "same" conv)
+    # is assigned first, so the buffer needs no zero fill.
+    full = next((t for t in plan if (t[4], t[5]) == (slice(0, H, 1), slice(0, W, 1))), None)
+
+    def accumulate(c_lo, c_hi):
+        if full is None:
+            out[c_lo:c_hi] = 0
+        else:
+            i, j, o_r, o_c, _, _ = full
+            out[c_lo:c_hi] = c6[c_lo:c_hi, i, j, :, o_r, o_c]
+        for tap in plan:
+            if tap is not full:
+                i, j, o_r, o_c, rows, cs = tap
+                out[c_lo:c_hi, :, rows, cs] += c6[c_lo:c_hi, i, j, :, o_r, o_c]
+
+    parallel_ranges(C, accumulate, out.size * len(plan))
+    return out.transpose(1, 0, 2, 3)
+
+
+def col2im_same(cols, x_shape, kernel, padding):
+    """col2im for a stride-1 window whose output grid is the input grid (a "same"
+    convolution, e.g. 3x3 with padding 1): every kernel offset is then one constant shift
+    of a channel's pixels flattened over all images, so each tap is added with one long
+    contiguous add instead of an add per image row (2.5-3.5x faster here). The shift also
+    carries each row's (and each image's) edge over to the next one; nothing of this tap
+    belongs in the pixels it lands on there (the band of ``|di|`` rows / ``|dj|`` columns on
+    the far side), so they are saved before the add and put back after it. Same sums in
+    the same order as the row-wise path, so the same bits."""
+    N, C, H, W = x_shape
+    (kh, kw), (ph, pw) = kernel, padding
+    xp = array_module(cols)
+    n = N * H * W
+    taps = cols.reshape(C, kh * kw, n)
+    out = xp.empty((C, N, H, W), dtype=cols.dtype)
+    flat = out.reshape(C, n)
+    plan = tap_plan(kernel, (1, 1), padding, (H, W), (H, W))
+    # the centre tap covers every pixel once: assigned first, so no zero fill is needed
+    offsets = sorted(((i - ph, j - pw, i * kw + j) for i, j, *_ in plan), key=lambda o: o[:2] != (0, 0))
+
+    def accumulate(c_lo, c_hi):
+        o, o4, t = flat[c_lo:c_hi], out[c_lo:c_hi], taps[c_lo:c_hi]
+        o[...] = t[:, offsets[0][2]]
+        for di, dj, k in offsets[1:]:
+            shift = di * W + dj
+            bands = [b for b in (o4[..., W + dj:] if dj < 0 else o4[..., :dj] if dj > 0 else None,
+                                 o4[:, :, H + di:] if di < 0 else o4[:, :, :di] if di > 0 else None)
+                     if b is not None]
+            kept = [b.copy() for b in bands]
+            if shift >= 0:
+                o[:, shift:] += t[:, k, :n - shift]
+            else:
+                o[:, :n + shift] += t[:, k, -shift:]
+            for b, v in zip(bands, kept):
+                b[...] = v
+
+    parallel_ranges(C, accumulate, out.size * len(offsets))
+    return out.transpose(1, 0, 2, 3)
+
+
+# ----------------------------------------------------------------- references: plain loops
+
+
+def naive_taps(x_shape, kernel, stride, padding):
+    """Every in-image tap as (cols row, cols column, n, c, r, s): column entry [row, col] of
+    im2col holds pixel x[n, c, r, s]. Six plain loops, no vectorisation and no cleverness
+    about padding: easy to read and hard to get wrong."""
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for n in range(N):
+                    for ho in range(Ho):
+                        for wo in range(Wo):
+                            r, s = ho * sh + i - ph, wo * sw + j - pw
+                            if 0 <= r < H and 0 <= s < W:
+                                yield row, (n * Ho + ho) * Wo + wo, n, c, r, s
+
+
+def naive_im2col(x, kernel, stride, padding):
+    """cols[(c, i, j), (n, ho, wo)] = x[n, c, ho*sh + i - ph, wo*sw + j - pw], or 0 outside."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    cols = np.zeros((C * kh * kw, N * Ho * Wo), dtype=x.dtype)
+    for row, col, n, c, r, s in naive_taps(x.shape, kernel, stride, padding):
+        cols[row, col] = x[n, c, r, s]
+    return cols
+
+
+def naive_col2im(cols, x_shape, kernel, stride, padding):
+    """The transpose of naive_im2col: every column entry is added back to its pixel."""
+    x = np.zeros(x_shape, dtype=cols.dtype)
+    for row, col, n, c, r, s in naive_taps(x_shape, kernel, stride, padding):
+        x[n, c, r, s] += cols[row, col]
+    return x
