@@ -94,7 +94,8 @@ def test_backward_frees_saved_arrays():
     x = leaf([[1.0, 2.0], [3.0, 4.0]])
     y = F.max_pool2d(x.reshape(1, 1, 2, 2), 2)  # keeps the winners' positions for its VJP
     node = y._ctx
-    assert node.saved and all(a is None or a.dtype.itemsize == 1 for a in node.saved)
+    arrays = [a for a in node.saved if hasattr(a, "dtype")]
+    assert arrays and all(a.dtype.itemsize == 1 for a in arrays)
     y.sum().backward()
     assert node.saved is None and node.freed
 
@@ -193,6 +194,20 @@ def _distinct(shape, seed=0):
 
 
 # op name -> (function of the leaves, the leaves' values): run in float32 and float64.
+def _pool_winners():
+    """The winners of a 2x2, stride-1, padding-1 max-pool of a (1, 2, 3, 3) input, and the
+    pooling's parameters: what max_pool2d's VJP hands its routing primitives."""
+    from tinygrad_cnn.kernels import pool
+    from tinygrad_cnn.ops.conv import window_geometry
+
+    x = _distinct((1, 2, 3, 3))
+    geometry = window_geometry("max_pool2d", x.shape, 2, 1, 1)
+    _, winners = pool.max_pool2d(x, *geometry)
+    return dict(winners=winners, input_shape=x.shape, kernel_size=2, stride=1, padding=1)
+
+
+_POOL = _pool_winners()
+
 DTYPE_CASES = {
     "add": (lambda a, b: a + b, [_vals((2, 3)), _vals((3,))]),
     "sub": (lambda a, b: a - b, [_vals((2, 3)), _vals((2, 1))]),
@@ -221,6 +236,8 @@ DTYPE_CASES = {
     "im2col": (lambda a: F.im2col(a, (2, 3), 1, 1), [_vals((1, 2, 3, 4))]),
     "col2im": (lambda a: F.col2im(a, (1, 2, 3, 3), 2, 1, 0), [_vals((8, 4))]),
     "max_pool2d": (lambda a: F.max_pool2d(a, 2, 1, 1), [_distinct((1, 2, 3, 3))]),
+    "max_pool2d_backward": (lambda g: ops.MaxPool2dBackward.apply(g, **_POOL), [_vals((1, 2, 4, 4))]),
+    "max_pool2d_gather": (lambda h: ops.MaxPool2dGather.apply(h, **_POOL), [_vals((1, 2, 3, 3))]),
     "batch_norm": (lambda x, w, b: F.batch_norm(x, np.zeros(2), np.ones(2), w, b, training=True),
                    [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
 }

@@ -626,9 +626,9 @@ def test_matmul_1d_and_broadcast_batches(shapes):
 def test_relu_in_slices_on_threads_matches_one_pass(monkeypatch, layout):
     """Large inputs take ReLU's threaded path (slices along the outermost axis in memory);
     it must give the one-pass values, gradients and the input's memory layout."""
-    from tinygrad_cnn import backend
+    from tinygrad_cnn import threads
 
-    monkeypatch.setattr(backend, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(threads, "_MIN_PARALLEL", 0)
     monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 4, 3, 6)).astype(np.float32)
