@@ -8,7 +8,7 @@ import pytest
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor, backend
 from tinygrad_cnn.ops import conv as conv_ops
-from tinygrad_cnn.ops import norm as norm_ops
+from tinygrad_cnn.kernels import norm as norm_ops
 from tinygrad_cnn.ops.linalg import product
 
 
