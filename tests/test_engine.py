@@ -240,6 +240,8 @@ DTYPE_CASES = {
     "max_pool2d_gather": (lambda h: ops.MaxPool2dGather.apply(h, **_POOL), [_vals((1, 2, 3, 3))]),
     "batch_norm": (lambda x, w, b: F.batch_norm(x, np.zeros(2), np.ones(2), w, b, training=True),
                    [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
+    "batch_norm_backward": (lambda g, x, w: ops.BatchNormBackward.apply(g, x, w)[0],  # g_x; others get zeros
+                            [_vals((3, 2, 2, 2)), _vals((3, 2, 2, 2)), _vals((2,))]),
 }
 
 

@@ -14,6 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor, gradcheck, gradgradcheck, is_grad_enabled, ops
 from tinygrad_cnn.graph import op_names
@@ -526,6 +527,24 @@ def _batch_norm(case_):
         check("batch_norm", fn, (x, w, b))
 
 
+@case("batch_norm_backward")
+@given(batch_norm_case().filter(lambda case_: case_[1] is not None), st.integers(0, 2**32 - 1))
+def _batch_norm_backward(case_, seed):
+    """The primitive on its own (statistics recomputed from x as it is perturbed), its three
+    outputs folded into one by fixed random weights; its second order is batch norm's third."""
+    x, w, _ = case_
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(x.shape)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    a, b, c = (Tensor(rng.standard_normal(x.shape)) for _ in range(3))
+
+    def fn(g_, x_, w_):
+        g_x, g_w, g_b = ops.BatchNormBackward.apply(g_, x_, w_)
+        return g_x * a + g_w.reshape(*shape) * b + g_b.reshape(*shape) * c
+
+    check("batch_norm_backward", fn, (g, x, w))
+
+
 def batch_norm_from_primitives(x, running_mean, running_var, weight, bias, momentum=0.1, eps=1e-5):
     """Training-mode batch norm composed from primitives: the reference for the fused op."""
     axes = (0,) + tuple(range(2, x.ndim))
@@ -570,10 +589,10 @@ def _batch_norm_equals_the_composite(x, w, b, g):
 @pytest.mark.parametrize("channel_major", [False, True])
 def test_batch_norm_in_channel_blocks_on_threads_matches_the_composite(monkeypatch, shape, channel_major):
     """Blocks of one channel, split over three threads: the code path large inputs take."""
-    from tinygrad_cnn import backend
-    from tinygrad_cnn.ops import norm
+    from tinygrad_cnn import threads
+    from tinygrad_cnn.kernels import norm
 
-    monkeypatch.setattr(backend, "_MIN_PARALLEL", 0)
+    monkeypatch.setattr(threads, "_MIN_PARALLEL", 0)
     monkeypatch.setattr(norm, "_CHUNK", 1)
     monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
     rng = np.random.default_rng(1)
@@ -588,10 +607,112 @@ def test_batch_norm_in_channel_blocks_on_threads_matches_the_composite(monkeypat
 
 
 def test_batch_norm_fused_op_saves_only_the_normalised_input():
+    """x_hat and 1/std, nothing else; and a first-order backward (create_graph=False) records
+    no node and keeps no array: its batch_norm_backward runs as a plain kernel call."""
     x = Tensor(np.random.default_rng(0).standard_normal((4, 3, 5, 5)), requires_grad=True)
-    out = F.batch_norm(x, None, None, training=True)
+    w = Tensor(np.ones(3), requires_grad=True)
+    out = F.batch_norm(x, None, None, w, training=True)
     assert out._ctx.name == "batch_norm"
-    assert [a.shape for a in out._ctx.saved] == [(4, 3, 5, 5), (3,), (3,)]
+    assert [a.shape for a in out._ctx.saved] == [(4, 3, 5, 5), (3,)]
+    recorded = []
+    apply = ops.BatchNormBackward.apply.__func__
+
+    def spy(cls, *args, **kw):
+        results = apply(cls, *args, **kw)
+        recorded.append([t._ctx for t in results])
+        return results
+
+    try:
+        ops.BatchNormBackward.apply = classmethod(spy)
+        out.backward(Tensor(np.ones(out.shape)))
+    finally:
+        del ops.BatchNormBackward.apply  # the inherited Op.apply again
+    assert recorded == [[None, None, None]]
+    assert x.grad._ctx is None and w.grad._ctx is None and not x.grad.requires_grad
+
+
+def test_batch_norm_vjp_of_a_constant_input_is_two_sums():
+    """x needs no gradient (batch norm on raw data): the weight and bias gradients, first and
+    second order, without the fused backward."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 3, 2))
+    fn = lambda w_, b_: F.batch_norm(Tensor(x), None, None, w_, b_, training=True) ** 3  # noqa: E731
+    check("batch_norm", fn, (rng.uniform(0.5, 2, 3), rng.standard_normal(3)))
+
+
+def test_batch_norm_weight_gradient_stays_differentiable_in_x():
+    """grad(loss, [weight], create_graph=True) then d/dx: x needs no gradient in the first
+    pass but the second reaches it through g_weight (a gradient penalty on parameters)."""
+    rng = np.random.default_rng(5)
+    x0, w0 = rng.standard_normal((4, 2, 3)), rng.uniform(0.5, 2, 2)
+
+    def penalty(x_):
+        x_ = x_ * 1.0  # a non-leaf x, as a convolution's output
+        w = Tensor(w0, requires_grad=True)
+        with tc.enable_grad():  # gradcheck's numeric evaluations run under no_grad
+            loss = (F.batch_norm(x_, None, None, w, training=True) ** 3).sum()
+            (g_w,) = tc.grad(loss, [w], create_graph=x_.requires_grad)
+        return (g_w * g_w).sum()
+
+    assert gradcheck(penalty, x0)
+
+
+@given(batch_norm_case().filter(lambda case_: case_[1] is not None), st.sampled_from([(0, 1, 2, 3), (1, 0, 2, 3)]))
+def test_batch_norm_kernels_match_the_naive_formulas(case_, layout):
+    """The fused forward and backward kernels, and the Tensor-code VJP that differentiates the
+    backward, against the textbook formulas (``kernels.norm.naive_*``)."""
+    from tinygrad_cnn.kernels import norm as K
+    from tinygrad_cnn.ops.norm import batch_norm_vjp
+
+    x, w, b = case_
+    if x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(layout)).transpose(layout)
+    g = np.random.default_rng(0).standard_normal(x.shape)
+    out, x_hat, inv_std, count = K.batch_norm(x, w, b, 1e-5)
+    np.testing.assert_allclose(out, K.naive_batch_norm(x, w, b, 1e-5), rtol=1e-9, atol=1e-9)
+    assert count == x.size // x.shape[1]
+    want = K.naive_batch_norm_backward(g, x, w, 1e-5)
+    for got in (K.batch_norm_backward(g, x_hat, inv_std, w, count),
+                [t.data for t in batch_norm_vjp(Tensor(g), Tensor(x), Tensor(w))]):
+        for a, e in zip(got, want):
+            np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-9)
+    assert K.batch_norm_backward(g, x_hat, inv_std, w, count, input_grad=False)[0] is None
+
+
+def test_batch_norm_labels():
+    x = Tensor(np.random.default_rng(0).standard_normal((3, 2)), requires_grad=True)
+    out = F.batch_norm(x, None, None, training=True, momentum=0.2, eps=1e-3)
+    assert out._ctx.label() == "eps=0.001 momentum=0.2"
+    (g_x,) = tc.grad(out.sum(), [x], create_graph=True)
+    assert g_x._ctx.name == "batch_norm_backward" and g_x._ctx.label() == "eps=0.001"
+
+
+def test_batch_norm_second_order_over_synced_shards_is_refused():
+    """First order (with or without create_graph) works in every shard; differentiating the
+    shard's gradient again needs cross-shard sums of Tensors, and says so."""
+    import threading
+
+    from tinygrad_cnn.threads import ShardGroup, batch_shard
+
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((2, 3, 2)) for _ in range(2)]
+    group, errors = ShardGroup(2), [None, None]
+
+    def shard(rank):
+        try:
+            with batch_shard(group, rank):
+                x = Tensor(xs[rank], requires_grad=True)
+                (g_x,) = tc.grad((F.batch_norm(x, None, None, training=True) ** 3).sum(), [x], create_graph=True)
+            (g_x * g_x).sum().backward()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors[rank] = e
+
+    threads = [threading.Thread(target=shard, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(e, NotImplementedError) and "sync_batch_norm" in str(e) for e in errors), errors
 
 
 @given(batch_norm_case().filter(lambda case_: case_[1] is not None))

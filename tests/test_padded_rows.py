@@ -9,7 +9,7 @@ import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor
 from tinygrad_cnn.kernels import conv as conv_kernels
 from tinygrad_cnn.kernels import gemm
-from tinygrad_cnn.ops import norm as norm_ops
+from tinygrad_cnn.kernels import norm as norm_ops
 from tinygrad_cnn.ops.conv import window_geometry
 
 

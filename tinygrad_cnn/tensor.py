@@ -172,6 +172,8 @@ class Op:
             t0 = time.perf_counter()
             data = op.forward(*arrays, **params)
             _profiler.record(cls.name, "forward", time.perf_counter() - t0)
+        if isinstance(data, np.generic):  # numpy reductions to a scalar: keep an array
+            data = np.asarray(data)
         if type(data) is tuple:
             outs = tuple(Tensor._wrap(d, record) for d in data)
             op.out_meta = tuple((d.shape, d.dtype) for d in data)
@@ -446,7 +448,8 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None):
         """numpy sees the data (``np.asarray(t)``, ``np.testing`` on ``t.grad``)."""
-        return self.data if dtype is None else self.data.astype(dtype, copy=False)
+        data = np.asarray(self.data) if isinstance(self.data, np.generic) else self.data
+        return data if dtype is None else data.astype(dtype, copy=False)
 
     def item(self):
         if self.data.size != 1:

@@ -30,10 +30,11 @@ from .reduce import Sum, Max, LogSoftmax  # noqa: E402
 from .shape import Reshape, Transpose, Expand, GetItem, ScatterAdd, Pad  # noqa: E402
 from .linalg import Matmul  # noqa: E402
 from .conv import Im2col, Col2im, MaxPool2d, MaxPool2dBackward, MaxPool2dGather  # noqa: E402
-from .norm import BatchNorm  # noqa: E402
+from .norm import BatchNorm, BatchNormBackward  # noqa: E402
 
 __all__ = ["Op", "REGISTRY", "register", "registry",
            "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Maximum", "Relu", "ReluBackward",
            "Sigmoid", "Tanh", "Cast", "Sum", "Max", "LogSoftmax", "Reshape", "Transpose", "Expand", "GetItem",
            "ScatterAdd", "Pad", "Matmul",
-           "Im2col", "Col2im", "MaxPool2d", "MaxPool2dBackward", "MaxPool2dGather", "BatchNorm"]
+           "Im2col", "Col2im", "MaxPool2d", "MaxPool2dBackward", "MaxPool2dGather", "BatchNorm",
+           "BatchNormBackward"]

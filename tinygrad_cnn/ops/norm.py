@@ -1,37 +1,20 @@
-"""Batch normalisation in training mode, as one primitive with a hand-written VJP.
+"""Batch normalisation in training mode: two primitives, the op and its VJP.
 
-Written from primitives, batch norm takes about a dozen full passes over the activations
-forward and backward (mean, centre, square, scale, shift and each of their VJPs); this op
-takes six each way, saves one array, the normalised input, and works on blocks of whole
-channels, on several threads for large inputs. Its gradient is checked against
-finite differences and against the same function composed from primitives
-(``tests/test_ops_gradcheck.py``). Evaluation mode is a per-channel affine map and stays a
-composite in ``functional.batch_norm``.
+``batch_norm``'s forward and ``batch_norm_backward``'s forward are fused kernels
+(``kernels/norm.py``: six passes each way instead of a dozen, one saved array, channel
+blocks on threads, statistics synced across the shards of a batch). ``batch_norm``'s VJP is
+one call of ``batch_norm_backward``, a primitive with three outputs (the gradients of x,
+weight and bias); that one's VJP is Tensor code, so batch norm is differentiable to any
+order. Evaluation mode is a per-channel affine map and stays a composite in
+``functional.batch_norm``.
 """
 from __future__ import annotations
 
-import string
-
-from ..backend import array_module, current_shard, is_floating, parallel_ranges
+from ..kernels import norm as kernels
+from ..tensor import Tensor, enable_grad, grad, is_grad_enabled
+from ..threads import current_shard
+from ..xp import array_module, is_floating
 from . import Op, register
-
-
-def _channel_dot(xp, a, b):
-    """sum over every axis but 1 of a * b, without a full-size temporary: one BLAS dot per
-    channel where each channel's values lie in one contiguous run (a convolution's
-    channel-major output), else einsum (several times slower here)."""
-    a2, b2 = _rows(a), _rows(b)
-    if a2 is not None and b2 is not None:
-        return (a2[:, None, :] @ b2[:, :, None])[:, 0, 0]
-    axes = string.ascii_lowercase[:a.ndim]
-    return xp.einsum(f"{axes},{axes}->{axes[1]}", a, b)
-
-
-def _rows(a):
-    """(N, C, ...) as a (C, values) view when each channel is one contiguous run (the
-    channels themselves may lie apart, as in a GEMM's padded rows), else None."""
-    t = a.swapaxes(0, 1)
-    return t.reshape(t.shape[0], -1) if t.shape[0] and t[0].flags.c_contiguous else None
 
 
 @register
@@ -59,139 +42,101 @@ class BatchNorm(Op):
             if a is not None and a.shape != (c,):
                 raise ValueError(f"batch_norm: {what} must have shape ({c},) for input of shape {x.shape}; "
                                  f"got {a.shape}")
-        xp = array_module(x)
-        axes, shape = _channel_axes(x)
-        mean, var = xp.empty(c, dtype=x.dtype), xp.empty(c, dtype=x.dtype)
-        inv_std = xp.empty(c, dtype=x.dtype)
-        x_hat, out = xp.empty_like(x), xp.empty_like(x)  # the input's layout, e.g. channel-major
-        shard = current_shard()
-        count = local = x.size // c  # values per channel: the batch's, and this array's
-
-        def centre(ch):  # x_hat = x - mean; var, over this array's values
-            xb, hb = x[:, ch], x_hat[:, ch]
-            mean[ch] = xb.mean(axis=axes)
-            xp.subtract(xb, mean[ch].reshape(shape), out=hb)
-            var[ch] = _channel_dot(xp, hb, hb) / local
-
-        def recentre(ch):  # x_hat = x - the whole batch's mean
-            xp.subtract(x[:, ch], mean[ch].reshape(shape), out=x_hat[:, ch])
-
-        def scale(ch):  # x_hat /= std; out = x_hat * weight + bias
-            hb, ob = x_hat[:, ch], out[:, ch]
-            inv_std[ch] = 1 / xp.sqrt(var[ch] + eps)
-            hb *= inv_std[ch].reshape(shape)
-            xp.multiply(hb, weight[ch].reshape(shape), out=ob)
-            ob += bias[ch].reshape(shape)
-
-        if shard is None:
-            _check_count(count, x.shape)
-            _in_blocks(c, local, 6 * x.size, centre, scale)
-        else:  # this shard's statistics, then the whole batch's, combined from every shard's
-            _in_blocks(c, local, 3 * x.size, centre)
-            count = _whole_batch_statistics(shard, local, mean, var, x.shape)
-            _in_blocks(c, local, 4 * x.size, recentre, scale)
-        if shard is None or shard[1] == 0:  # the running statistics move once per batch
-            if running_mean is not None:
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean
-            if running_var is not None:
-                running_var *= 1 - momentum
-                running_var += momentum * var * (count / (count - 1))
-        self.save(x_hat, inv_std, weight)
-        self.count = count  # values per channel in the whole batch
+        out, x_hat, inv_std, self.count = kernels.batch_norm(x, weight, bias, eps, running_mean, running_var,
+                                                             momentum)
+        self.save(x_hat, inv_std)  # the normalised input and 1/std, for the fused VJP
         return out
 
     def backward(self, g):
-        from ..tensor import Tensor  # TEMPORARY until the batch-norm VJP primitive lands
-        return tuple(None if a is None else Tensor._wrap(a, False) for a in self._vjp(g.data))
+        x, weight, _ = self.parents
+        need_x, need_weight, need_bias = self.needs_input_grad
+        x_hat, inv_std = self.saved
+        if need_x or (x.requires_grad and is_grad_enabled()):  # g_weight may be differentiated in x later
+            g_x, g_weight, g_bias = BatchNormBackward.apply(g, x, weight, x_hat=x_hat, inv_std=inv_std,
+                                                            count=self.count, eps=self.params.get("eps", 1e-5))
+        else:  # nothing will differentiate through x: x_hat is a constant, the parameters' gradients two sums
+            axes, _ = kernels.channel_axes(g)
+            g_x, g_bias = None, g.sum(axis=axes)
+            g_weight = (g * Tensor._wrap(x_hat, False)).sum(axis=axes) if need_weight else None
+        return (g_x if need_x else None), (g_weight if need_weight else None), (g_bias if need_bias else None)
 
-    def _vjp(self, g):
-        x_hat, inv_std, weight = self.saved
-        xp = array_module(g)
-        axes, shape = _channel_axes(g)
-        c = g.shape[1]
-        local_count, count = g.size // c, self.count
-        g_bias, g_weight = xp.empty(c, dtype=g.dtype), xp.empty(c, dtype=g.dtype)
-        g_x = xp.empty_like(x_hat) if self.needs_input_grad[0] else None
-        shard = current_shard()
-        sum_bias, sum_weight = g_bias, g_weight  # the whole batch's sums (this array's, unsharded)
-
-        def sums(ch):
-            gb, hb = g[:, ch], x_hat[:, ch]
-            g_bias[ch] = gb.sum(axis=axes)
-            g_weight[ch] = _channel_dot(xp, gb, hb)
-
-        def route(ch):
-            # d/dx of the normalised value: remove the parts of g along 1 and along x_hat,
-            # then scale: weight * inv_std * (g - x_hat * g_w / n - g_b / n), n over the batch
-            gb, hb, gxb = g[:, ch], x_hat[:, ch], g_x[:, ch]
-            xp.multiply(hb, (sum_weight[ch] / count).reshape(shape), out=gxb)
-            gxb += (sum_bias[ch] / count).reshape(shape)
-            xp.subtract(gb, gxb, out=gxb)
-            gxb *= (weight[ch] * inv_std[ch]).reshape(shape)
-
-        if shard is None:
-            _in_blocks(c, local_count, 6 * g.size, *((sums, route) if g_x is not None else (sums,)))
-        else:  # the whole batch's sums, from every shard's, before any shard routes g
-            _in_blocks(c, local_count, 2 * g.size, sums)
-            group, rank = shard
-            parts = group.gather(rank, f"batch_norm backward of {g.shape[1:]}", (g_bias.copy(), g_weight.copy()))
-            sum_bias, sum_weight = _add_in_order(p[0] for p in parts), _add_in_order(p[1] for p in parts)
-            if g_x is not None:
-                _in_blocks(c, local_count, 4 * g.size, route)
-        return g_x, g_weight, g_bias  # this shard's share of the weight and bias gradients
+    def label(self):
+        return f"eps={self.params.get('eps', 1e-5):g} momentum={self.params.get('momentum', 0.1):g}"
 
 
-def _in_blocks(c, per_channel, work, *steps):
-    """Run each of ``steps`` on every block of channels in turn (a block stays in cache
-    between steps), the blocks split over threads when ``work`` is large."""
-    def run(lo, hi):
-        for ch in _blocks(lo, hi, per_channel):
-            for step in steps:
-                step(ch)
+@register
+class BatchNormBackward(Op):
+    """``(g_x, g_weight, g_bias)``: training-mode batch norm's VJP at input ``x`` with
+    ``weight``, for the gradient ``g`` of its output, as one fused kernel (with the whole
+    batch's sums when run as a shard of a synced batch).
 
-    parallel_ranges(c, run, work)
+    ``x_hat`` and ``inv_std`` are the forward's normalised input and 1/std, and ``count``
+    the values per channel over the whole batch; ``batch_norm`` passes them so that nothing
+    is recomputed. They are functions of ``x``, not inputs of their own: omitted, they are
+    computed from ``x``.
+
+    Its VJP differentiates the same function written in Tensor code
+    (``batch_norm_vjp``: mean, variance and x_hat recomputed from ``x``) with ``grad``,
+    against aliases of exactly the inputs that need a gradient, recording a graph when grad
+    mode is on. That is a handful of lines and plainly right, where batch norm's explicit
+    double backward is a page of formulas (PyTorch's ``batchnorm_double_backward``); it
+    costs a second-order pass one recomputation of the statistics, which first-order
+    training never pays. A synced shard's second order would need the batch's sums of those Tensors from
+    every shard; it raises ``NotImplementedError`` instead."""
+
+    name = "batch_norm_backward"
+
+    def forward(self, g, x, weight, x_hat=None, inv_std=None, count=None, eps=1e-5):
+        if not (g.shape == x.shape and x.ndim >= 2 and weight.shape == (x.shape[1],)):
+            raise ValueError(f"batch_norm_backward: expects g and x of one shape (N, C, ...) and weight of "
+                             f"shape (C,); got {g.shape}, {x.shape} and {weight.shape}")
+        if x_hat is None or inv_std is None:
+            xp = array_module(x)
+            c = x.shape[1]
+            _, x_hat, inv_std, count = kernels.batch_norm(x, xp.ones(c, x.dtype), xp.zeros(c, x.dtype), eps)
+        elif count is None:
+            count = x.size // x.shape[1]
+        self.sharded = current_shard() is not None
+        return kernels.batch_norm_backward(g, x_hat, inv_std, weight, count)
+
+    def backward(self, gg_x, gg_weight, gg_bias):
+        if self.sharded:
+            raise NotImplementedError(
+                "batch_norm_backward: the second derivative of batch norm over synced shards "
+                "(parallel.accumulate_gradients with sync_batch_norm=True) is not implemented; take "
+                "higher-order gradients of the whole batch in one thread")
+        need = self.needs_input_grad
+        create = is_grad_enabled()  # the engine turns it on for create_graph=True
+
+        def alias(t, needed):  # what the Tensor-code VJP is differentiated against
+            if not needed:
+                return t.detach()
+            # a fresh node: the partial derivative, not through t's own history (g may depend on x)
+            return t.reshape(t.shape) if create else t.detach().requires_grad_()
+
+        inputs = [alias(t, n) for t, n in zip(self.parents, need)]
+        with enable_grad():
+            outs = batch_norm_vjp(*inputs, eps=self.params.get("eps", 1e-5))
+            pairs = [(o, gg) for o, gg in zip(outs, (gg_x, gg_weight, gg_bias)) if o.requires_grad]
+            found = iter(grad([o for o, _ in pairs], [t for t, n in zip(inputs, need) if n],
+                              [gg for _, gg in pairs], create_graph=create, allow_unused=True))
+        return tuple(next(found) if n else None for n in need)
+
+    def label(self):
+        return f"eps={self.params.get('eps', 1e-5):g}"
+
+    def __repr__(self):  # its params hold x_hat, a whole activation
+        return f"{self.name}({self.label()})"
 
 
-def _check_count(count, shape):
-    if count < 2:
-        raise ValueError(f"batch_norm: needs more than one value per channel in training; got input "
-                         f"of shape {shape}")
-
-
-def _whole_batch_statistics(shard, count, mean, var, shape):
-    """Replace this shard's per-channel ``mean`` and ``var`` (in place) by the whole batch's,
-    combined from every shard's count, mean and variance (Chan et al.'s pairwise formula, in
-    shard order); returns the batch's count per channel."""
-    group, rank = shard
-    # copies: the other shards read these while this one overwrites mean and var below
-    parts = group.gather(rank, f"batch_norm forward of {shape[1:]}", (count, mean.copy(), var.copy()))
-    total = sum(n for n, _, _ in parts)
-    _check_count(total, f"{shape} (one of {group.size} shards)")
-    mean[...] = _add_in_order(m * (n / total) for n, m, _ in parts)
-    var[...] = _add_in_order((v + (m - mean) ** 2) * (n / total) for n, m, v in parts)
-    return total
-
-
-def _add_in_order(arrays):
-    total = None
-    for a in arrays:
-        total = a.copy() if total is None else total + a
-    return total
-
-
-_CHUNK = 1 << 20  # elements per block of channels: enough work per call that numpy's overhead is small
-
-
-def _channel_axes(x):
-    """The axes a channel's statistics run over, and the shape that broadcasts per-channel
-    values (of any block of channels) against x."""
-    return (0,) + tuple(range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
-
-
-def _blocks(lo, hi, per_channel):
-    """Slices covering channels [lo, hi) in blocks of about ``_CHUNK`` elements (at least one
-    whole channel: its statistics need all of it)."""
-    step = max(1, _CHUNK // max(1, per_channel))
-    for c in range(lo, hi, step):
-        yield slice(c, min(c + step, hi))
+def batch_norm_vjp(g, x, weight, eps=1e-5):
+    """``(g_x, g_weight, g_bias)`` of training-mode batch norm, in Tensor code: what
+    ``batch_norm_backward`` computes, differentiable (its VJP, and the reference for it)."""
+    axes, shape = kernels.channel_axes(x)
+    n = x.numel() // x.shape[1]
+    centred = x - x.mean(axis=axes, keepdims=True)
+    inv_std = ((centred * centred).mean(axis=axes, keepdims=True) + eps) ** -0.5
+    x_hat = centred * inv_std
+    g_bias, g_weight = g.sum(axis=axes), (g * x_hat).sum(axis=axes)
+    g_x = (g - x_hat * (g_weight.reshape(shape) / n) - g_bias.reshape(shape) / n) * (weight.reshape(shape) * inv_std)
+    return g_x, g_weight, g_bias
