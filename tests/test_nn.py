@@ -135,6 +135,12 @@ def test_train_eval_and_zero_grad():
     assert all(p.grad is not None for p in m.parameters())
     m.zero_grad()
     assert all(p.grad is None for p in m.parameters())
+    m(_x()).sum().backward()
+    kept = [p.grad.data for p in m.parameters()]
+    m.zero_grad(set_to_none=False)  # zeros, in the same arrays
+    for p, g in zip(m.parameters(), kept):
+        assert p.grad.data is g
+        np.testing.assert_array_equal(p.grad, 0)
 
 
 def test_sequential_indexing_and_type_check():
@@ -267,6 +273,22 @@ def test_state_dict_round_trip():
     b.load_state_dict(sd)
     sd["conv1.weight"][...] = 0
     assert np.abs(b.conv1.weight.data).sum() > 0
+
+
+def test_load_state_dict_writes_in_place_and_stales_a_graph_that_read_the_old_values():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    weight = b.weight.data
+    loss = b(Tensor(np.ones((4, 3), np.float32))).sum()  # the graph holds b's arrays (read-only)
+    b.load_state_dict(a.state_dict())
+    assert b.weight.data is weight  # in place, as PyTorch's copy_
+    np.testing.assert_array_equal(b.weight.data, a.weight.data)
+    with pytest.raises(RuntimeError, match="modified in place.*written by Linear.load_state_dict"):
+        loss.backward()
+    b.load_state_dict({k: v.astype(np.float64) for k, v in a.state_dict().items()})
+    assert b.weight.dtype == np.float32  # values are cast to the parameter's dtype
+    b.weight.data.flags.writeable = False  # read-only for a reason of its own: replaced instead
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(b.weight.data, a.weight.data)
 
 
 def test_strict_load_names_every_missing_unexpected_and_wrong_shaped_key():
@@ -504,10 +526,10 @@ def test_conv_filters_get_nonzero_gradients_and_change_after_a_step():
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.shape == p.shape, name
         if name != "conv1.bias":
-            assert np.abs(p.grad).sum() > 1e-4, name
+            assert np.abs(p.grad.data).sum() > 1e-4, name
     # conv1 feeds a BatchNorm, which removes any per-channel shift: its bias gets ~0 gradient
     np.testing.assert_allclose(m.conv1.bias.grad, 0, atol=1e-5)
-    assert np.all(np.abs(m.conv1.weight.grad).reshape(4, -1).sum(axis=1) > 0)  # every filter
+    assert np.all(np.abs(m.conv1.weight.grad.data).reshape(4, -1).sum(axis=1) > 0)  # every filter
     opt.step()
     after = m.state_dict()
     for name in ("conv1.weight", "features.0.weight", "features.0.bias", "bn.weight"):

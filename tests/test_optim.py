@@ -27,7 +27,7 @@ def _params(init):
 def _run(opt, params, grads, sched=None):
     for gs in grads:
         for p, g in zip(params, gs):
-            p.grad = g.copy()
+            p.grad = Tensor(g.copy())
         opt.step()
         if sched is not None:
             sched.step()
@@ -54,7 +54,7 @@ def _step_both(torch, opt, topt, ps, tps, grads):
     """Feed the same gradients to our optimizer and torch's, one step per set."""
     for gs in grads:
         for p, tp, g in zip(ps, tps, gs):
-            p.grad = g.copy()
+            p.grad = Tensor(g.copy())
             tp.grad = torch.tensor(g.copy())
         opt.step()
         topt.step()
@@ -168,7 +168,7 @@ def test_clip_grad_norm_matches_torch(norm_type, max_norm):
     ps = _params([np.zeros_like(g) for g in grads[0]])
     tps = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads[0]]
     for p, tp, g in zip(ps, tps, grads[0]):
-        p.grad = g.copy()
+        p.grad = Tensor(g.copy())
         tp.grad = torch.tensor(g.copy())
     total = optim.clip_grad_norm_(ps, max_norm, norm_type=norm_type)
     ttotal = torch.nn.utils.clip_grad_norm_(tps, max_norm, norm_type=norm_type)
@@ -189,7 +189,7 @@ def test_sgd_without_momentum_is_exactly_p_minus_lr_g(dtype):
     expect = [a.copy() for a in init]
     for gs in grads:
         for p, g in zip(ps, gs):
-            p.grad = g.copy()
+            p.grad = Tensor(g.copy())
         opt.step()
         expect = [e - dtype(0.37) * g if e.ndim else np.asarray(e - dtype(0.37) * g) for e, g in zip(expect, gs)]
         for p, e in zip(ps, expect):
@@ -205,7 +205,7 @@ def test_float32_stays_float32_and_grads_untouched(name, kwargs):
     opt = getattr(optim, name)(ps, **kwargs)
     for gs in grads:
         for p, g in zip(ps, gs):
-            p.grad = g.copy()
+            p.grad = Tensor(g.copy())
         opt.param_groups[0]["lr"] = np.float64(opt.param_groups[0]["lr"])  # a numpy scalar must not promote
         data_ids = [id(p.data) for p in ps]
         opt.step()
@@ -224,7 +224,7 @@ def test_steps_after_the_first_allocate_no_parameter_sized_arrays(name, kwargs):
     import tracemalloc
 
     p = Tensor(np.ones(50_000, np.float32), requires_grad=True)
-    p.grad = np.full(50_000, 0.5, np.float32)
+    p.grad = Tensor(np.full(50_000, 0.5, np.float32))
     opt = getattr(optim, name)([p], **kwargs)
     opt.step()  # creates the state and the scratch arrays
     tracemalloc.start()
@@ -245,7 +245,7 @@ def test_params_without_grad_are_untouched(name, kwargs):
     opt = getattr(optim, name)(ps + [frozen], **kwargs)
     for gs in grads:
         for p, g in zip(ps, gs):
-            p.grad = g.copy()
+            p.grad = Tensor(g.copy())
         ps[1].grad = None
         opt.step()
     np.testing.assert_array_equal(ps[1].data, init[1])
@@ -258,12 +258,63 @@ def test_zero_grad():
     ps = _params(_problem(np.float32, 0)[0])
     opt = optim.SGD(ps, lr=0.1)
     for p in ps:
-        p.grad = np.ones(p.shape, np.float32)
+        p.grad = Tensor(np.ones(p.shape, np.float32))
     opt.zero_grad(set_to_none=False)
     for p in ps:
         np.testing.assert_array_equal(p.grad, 0)
     opt.zero_grad()
     assert all(p.grad is None for p in ps)
+
+
+def test_zero_grad_keeping_arrays_cuts_history_and_stales_graphs_that_read_the_grad():
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (x * x * x).sum().backward(create_graph=True)  # x.grad = 3x^2, with a graph
+    assert x.grad.requires_grad
+    penalty = (x.grad * x.grad).sum()  # a graph that reads x.grad's array
+    kept = x.grad.data
+    optim.SGD([x], lr=0.1).zero_grad(set_to_none=False)
+    assert x.grad.data is kept and not x.grad.requires_grad and x.grad.grad_fn is None
+    np.testing.assert_array_equal(x.grad, 0)
+    with pytest.raises(RuntimeError, match="modified in place.*SGD.zero_grad"):
+        penalty.backward()
+
+
+@pytest.mark.parametrize("name, kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1)),
+                                          ("AdamW", dict(lr=0.1))])
+def test_step_writes_parameters_a_live_graph_holds_and_that_graph_refuses_backward(name, kwargs):
+    p = Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    opt = getattr(optim, name)([p], **kwargs)
+    loss = (p * p).sum()
+    loss.backward(retain_graph=True)  # the graph still holds p's array: it is read-only to numpy
+    with pytest.raises(ValueError, match="read-only"):
+        p.data[0] = 5.0
+    before = p.data.copy()
+    opt.step()  # the optimizer may write it all the same
+    assert not np.array_equal(p.data, before)
+    with pytest.raises(RuntimeError, match=f"modified in place: input . of 'mul' .*written by {name}.step"):
+        loss.backward()  # would differentiate at the new values with the old ones' graph
+    p.grad = None
+    (p * p).sum().backward()  # a graph recorded after the step is fine
+    np.testing.assert_array_equal(p.grad, 2 * p.data)
+
+
+def test_clip_grad_norm_scales_a_grad_that_a_graph_reads():
+    x = Tensor(np.array([3.0, 4.0]), requires_grad=True)
+    (x * x).sum().backward(create_graph=True)  # x.grad = 2x = (6, 8), with a graph
+    penalty = (x.grad * x.grad).sum()
+    assert optim.clip_grad_norm_([x], 1.0) == pytest.approx(10.0)
+    np.testing.assert_allclose(x.grad, [0.6, 0.8], rtol=1e-6)
+    with pytest.raises(RuntimeError, match="written by clip_grad_norm_"):
+        penalty.backward()
+
+
+def test_a_grad_that_is_not_a_tensor_is_an_error_naming_the_parameter():
+    p = Tensor(np.zeros(3), requires_grad=True)
+    p.grad = np.ones(3)
+    with pytest.raises(TypeError, match=r"SGD.step: param group 0, parameter 0: .grad must be a Tensor .*ndarray"):
+        optim.SGD([p], lr=0.1).step()
+    with pytest.raises(TypeError, match=r"clip_grad_norm_: .grad must be a Tensor"):
+        optim.clip_grad_norm_([p], 1.0)
 
 
 def _state_roundtrip_case(name, kwargs, sched_factory, through_file, tmp_path):
@@ -331,7 +382,7 @@ def test_state_dict_layout_is_plain(tmp_path):
     ps = _params(_problem(np.float64, 0)[0])
     opt = optim.Adam([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.1}])
     for p in ps:
-        p.grad = np.ones(p.shape)
+        p.grad = Tensor(np.ones(p.shape))
     opt.step()
     ps[0].grad = None
     sd = opt.state_dict()
@@ -349,7 +400,7 @@ def test_load_state_dict_validates_and_changes_nothing_on_error():
     ps = _params(_problem(np.float64, 0)[0])
     opt = optim.Adam(ps, lr=0.01)
     for p in ps:
-        p.grad = np.ones(p.shape)
+        p.grad = Tensor(np.ones(p.shape))
     opt.step()
     good = opt.state_dict()
 
@@ -433,7 +484,7 @@ def test_bad_argument_types_raise_type_error(make, match):
 def test_step_checks_grad_shape():
     p = Tensor(np.zeros(3), requires_grad=True)
     opt = optim.Adam([p])
-    p.grad = np.zeros(4)
+    p.grad = Tensor(np.zeros(4))
     with pytest.raises(ValueError, match=r"grad has shape \(4,\)"):
         opt.step()
 
@@ -481,17 +532,17 @@ def test_clip_grad_norm_properties():
     a = Tensor(np.zeros(2), requires_grad=True)
     b = Tensor(np.zeros(1), requires_grad=True)
     c = Tensor(np.zeros(1), requires_grad=True)
-    a.grad, b.grad = np.array([3.0, 0.0]), np.array([4.0])
+    a.grad, b.grad = Tensor(np.array([3.0, 0.0])), Tensor(np.array([4.0]))
     assert optim.clip_grad_norm_([a, b, c], 10.0) == 5.0
     np.testing.assert_array_equal(a.grad, [3.0, 0.0])  # under the limit: untouched
     assert optim.clip_grad_norm_([a, b, c], 1.0) == 5.0
-    np.testing.assert_allclose(np.sqrt((a.grad ** 2).sum() + (b.grad ** 2).sum()), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt((a.grad.data ** 2).sum() + (b.grad.data ** 2).sum()), 1.0, rtol=1e-6)
     assert optim.clip_grad_norm_([c], 1.0) == 0.0
     f = Tensor(np.zeros(2, np.float32), requires_grad=True)
-    f.grad = np.array([30.0, 40.0], np.float32)
+    f.grad = Tensor(np.array([30.0, 40.0], np.float32))
     optim.clip_grad_norm_(f, 5.0)
     assert f.grad.dtype == np.float32
-    f.grad = np.array([np.inf, 0.0], np.float32)
+    f.grad = Tensor(np.array([np.inf, 0.0], np.float32))
     with pytest.raises(RuntimeError, match="error_if_nonfinite"):
         optim.clip_grad_norm_([f], 1.0, error_if_nonfinite=True)
 

@@ -16,10 +16,12 @@ from typing import NamedTuple
 import numpy as np
 
 from . import functional as F
-from .backend import current_shard, is_floating
 from .io import CheckpointError, cast_loaded, load_arrays, save_arrays
+from .optim import _zero_grad
 from .rng import default_generator
-from .tensor import Tensor, scope
+from .tensor import Tensor, scope, writing
+from .threads import current_shard
+from .xp import is_floating
 
 __all__ = ["Parameter", "Module", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Sequential",
            "BatchNorm2d", "Dropout", "Identity"]
@@ -159,9 +161,10 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
+        """Forget every parameter's gradient (``.grad = None``; zeros in place if not set_to_none)."""
         for p in self.parameters():
-            p.grad = None
+            _zero_grad(p, set_to_none, f"{type(self).__name__}.zero_grad")
 
     def astype(self, dtype):
         """Convert every parameter and floating buffer to ``dtype`` in place (e.g. float64 for gradcheck)."""
@@ -223,8 +226,13 @@ class Module:
                                         f"load_state_dict: {type(self).__name__}: {kind} {k}")
         for k, value in values.items():
             m, name, kind = slots[k]
-            if kind == "param":
-                m._parameters[name].data = value
+            if kind == "param":  # in place, as PyTorch's copy_: a graph that read the old values
+                p = m._parameters[name]  # then refuses to run backward (tensor.writing)
+                with writing(p.data, f"{type(self).__name__}.load_state_dict") as d:
+                    if getattr(d.flags, "writeable", True):
+                        d[...] = value
+                    else:  # an array nothing of ours locked (e.g. a read-only memory map): replace it
+                        p.data = value
             else:
                 m._buffers[name] = value
         return IncompatibleKeys(missing, unexpected)

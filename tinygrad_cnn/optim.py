@@ -30,9 +30,9 @@ import numbers
 
 import numpy as np
 
-from .backend import array_module, is_array
 from .io import cast_loaded
-from .tensor import Tensor, enable_grad
+from .tensor import Tensor, enable_grad, writing
+from .xp import array_module, is_array
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW",
            "LRScheduler", "LambdaLR", "StepLR", "ConstantLR", "CosineAnnealingLR", "OneCycleLR",
@@ -241,10 +241,7 @@ class Optimizer:
         """Forget every parameter's gradient (``.grad = None``; zeros in place if not set_to_none)."""
         for group in self.param_groups:
             for p in group["params"]:
-                if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad[...] = 0
+                _zero_grad(p, set_to_none, f"{self._name}.zero_grad")
 
     def step(self, closure=None):
         """One update of every parameter that has a ``.grad``; returns ``closure()`` if given."""
@@ -257,13 +254,11 @@ class Optimizer:
         return loss
 
     def _grads(self, group, gi):
-        """(param, grad) for the group's params that have a gradient, checked."""
+        """(param, gradient array) for the group's params that have a gradient, checked."""
         for i, p in enumerate(group["params"]):
-            g = p.grad
-            if g is None:
+            if p.grad is None:
                 continue
-            if isinstance(g, Tensor):
-                g = g.data
+            g = _grad_array(p, f"{self._name}.step: param group {gi}, parameter {i}")
             if g.shape != p.data.shape:
                 raise ValueError(f"{self._name}.step: param group {gi}, parameter {i}: grad has shape "
                                  f"{g.shape} but the parameter has shape {p.data.shape}")
@@ -435,39 +430,39 @@ class SGD(Optimizer):
         wd = float(group["weight_decay"])
         nesterov = group["nesterov"]
         for p, g in self._grads(group, gi):
-            d = p.data
-            xp = array_module(d)
-            t = self._scratch(xp, d.dtype, d.shape, 0)
-            owned = False  # is g a scratch array we may overwrite?
-            if wd != 0:
-                g2 = self._scratch(xp, d.dtype, d.shape, 1)
-                xp.multiply(d, wd, out=g2)
-                xp.add(g, g2, out=g2)  # grad + wd * p
-                g, owned = g2, True
-            if momentum != 0:
-                st = self.state.setdefault(p, {})
-                buf = st.get("momentum_buffer")
-                if buf is None:
-                    buf = st["momentum_buffer"] = xp.array(g, dtype=d.dtype, copy=True)
-                else:
-                    buf *= momentum
-                    if dampening == 0:
-                        buf += g
+            with writing(p.data, f"{self._name}.step") as d:  # a graph that read p must not run after
+                xp = array_module(d)
+                t = self._scratch(xp, d.dtype, d.shape, 0)
+                owned = False  # is g a scratch array we may overwrite?
+                if wd != 0:
+                    g2 = self._scratch(xp, d.dtype, d.shape, 1)
+                    xp.multiply(d, wd, out=g2)
+                    xp.add(g, g2, out=g2)  # grad + wd * p
+                    g, owned = g2, True
+                if momentum != 0:
+                    st = self.state.setdefault(p, {})
+                    buf = st.get("momentum_buffer")
+                    if buf is None:
+                        buf = st["momentum_buffer"] = xp.array(g, dtype=d.dtype, copy=True)
                     else:
-                        xp.multiply(g, 1.0 - dampening, out=t)
-                        buf += t
-                if nesterov:
-                    xp.multiply(buf, momentum, out=t)
-                    xp.add(g, t, out=t)  # g + momentum * buf
-                    g, owned = t, True
-                else:
-                    g, owned = buf, False
-            if owned:
-                g *= -lr
-            else:  # never modify the grad or the momentum buffer
-                xp.multiply(g, -lr, out=t)
-                g = t
-            d += g  # p + (-lr) * g, bitwise equal to p - lr * g
+                        buf *= momentum
+                        if dampening == 0:
+                            buf += g
+                        else:
+                            xp.multiply(g, 1.0 - dampening, out=t)
+                            buf += t
+                    if nesterov:
+                        xp.multiply(buf, momentum, out=t)
+                        xp.add(g, t, out=t)  # g + momentum * buf
+                        g, owned = t, True
+                    else:
+                        g, owned = buf, False
+                if owned:
+                    g *= -lr
+                else:  # never modify the grad or the momentum buffer
+                    xp.multiply(g, -lr, out=t)
+                    g = t
+                d += g  # p + (-lr) * g, bitwise equal to p - lr * g
 
 
 # ---------------------------------------------------------------------------------- Adam
@@ -514,55 +509,55 @@ class Adam(Optimizer):
         wd = float(group["weight_decay"])
         amsgrad = group["amsgrad"]
         for p, g in self._grads(group, gi):
-            d = p.data
-            xp = array_module(d)
-            st = self.state.get(p)
-            if not st:
-                st = self.state[p] = {"step": 0,
-                                      "exp_avg": xp.zeros(d.shape, dtype=d.dtype),
-                                      "exp_avg_sq": xp.zeros(d.shape, dtype=d.dtype)}
-            if amsgrad and "max_exp_avg_sq" not in st:
-                st["max_exp_avg_sq"] = xp.zeros(d.shape, dtype=d.dtype)
-            st["step"] += 1
-            step = st["step"]
-            t = self._scratch(xp, d.dtype, d.shape, 0)
-            u = self._scratch(xp, d.dtype, d.shape, 1)
-            if wd != 0:
-                if self._decoupled:
-                    d *= 1.0 - lr * wd
+            with writing(p.data, f"{self._name}.step") as d:  # a graph that read p must not run after
+                xp = array_module(d)
+                st = self.state.get(p)
+                if not st:
+                    st = self.state[p] = {"step": 0,
+                                          "exp_avg": xp.zeros(d.shape, dtype=d.dtype),
+                                          "exp_avg_sq": xp.zeros(d.shape, dtype=d.dtype)}
+                if amsgrad and "max_exp_avg_sq" not in st:
+                    st["max_exp_avg_sq"] = xp.zeros(d.shape, dtype=d.dtype)
+                st["step"] += 1
+                step = st["step"]
+                t = self._scratch(xp, d.dtype, d.shape, 0)
+                u = self._scratch(xp, d.dtype, d.shape, 1)
+                if wd != 0:
+                    if self._decoupled:
+                        d *= 1.0 - lr * wd
+                    else:
+                        xp.multiply(d, wd, out=u)
+                        xp.add(g, u, out=u)  # grad + wd * p
+                        g = u
+                m, v = st["exp_avg"], st["exp_avg_sq"]
+                # m.lerp_(g, w), with torch's two-sided lerp formula
+                w = 1.0 - beta1
+                xp.subtract(g, m, out=t)
+                if abs(w) < 0.5:
+                    t *= w
+                    m += t
                 else:
-                    xp.multiply(d, wd, out=u)
-                    xp.add(g, u, out=u)  # grad + wd * p
-                    g = u
-            m, v = st["exp_avg"], st["exp_avg_sq"]
-            # m.lerp_(g, w), with torch's two-sided lerp formula
-            w = 1.0 - beta1
-            xp.subtract(g, m, out=t)
-            if abs(w) < 0.5:
-                t *= w
-                m += t
-            else:
-                t *= 1.0 - w
-                xp.subtract(g, t, out=m)
-            # v = beta2 * v + (1 - beta2) * g * g
-            v *= beta2
-            xp.multiply(g, 1.0 - beta2, out=t)
-            t *= g
-            v += t
-            bias_correction1 = 1 - beta1 ** step
-            bias_correction2 = 1 - beta2 ** step
-            step_size = lr / bias_correction1
-            bias_correction2_sqrt = bias_correction2 ** 0.5
-            if amsgrad:
-                mx = st["max_exp_avg_sq"]
-                xp.maximum(mx, v, out=mx)
-                v = mx
-            xp.sqrt(v, out=t)
-            t /= bias_correction2_sqrt
-            t += eps  # t = denom
-            xp.multiply(m, -step_size, out=u)  # (the weight-decayed grad in u is no longer needed)
-            u /= t
-            d += u
+                    t *= 1.0 - w
+                    xp.subtract(g, t, out=m)
+                # v = beta2 * v + (1 - beta2) * g * g
+                v *= beta2
+                xp.multiply(g, 1.0 - beta2, out=t)
+                t *= g
+                v += t
+                bias_correction1 = 1 - beta1 ** step
+                bias_correction2 = 1 - beta2 ** step
+                step_size = lr / bias_correction1
+                bias_correction2_sqrt = bias_correction2 ** 0.5
+                if amsgrad:
+                    mx = st["max_exp_avg_sq"]
+                    xp.maximum(mx, v, out=mx)
+                    v = mx
+                xp.sqrt(v, out=t)
+                t /= bias_correction2_sqrt
+                t += eps  # t = denom
+                xp.multiply(m, -step_size, out=u)  # (the weight-decayed grad in u is no longer needed)
+                u /= t
+                d += u
 
 
 class AdamW(Adam):
@@ -573,6 +568,33 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+def _grad_array(p, where):
+    """The numbers of ``p.grad`` (a Tensor; with ``create_graph`` its history is not followed)."""
+    if not isinstance(p.grad, Tensor):
+        raise TypeError(f"{where}: .grad must be a Tensor (or None); got {type(p.grad).__name__} "
+                        f"(assign Tensor(array) to set a gradient by hand)")
+    return p.grad.data
+
+
+def _zero_grad(p, set_to_none, who):
+    """``p.grad = None``, or (``set_to_none=False``) its values zeroed in place, cut from any
+    history, as PyTorch's ``zero_grad`` does. The in-place write goes through
+    ``tensor.writing``: a graph that read the old gradient (a gradient penalty built with
+    ``create_graph=True``) refuses to run backward afterwards instead of using the zeros."""
+    if set_to_none or p.grad is None:
+        p.grad = None
+        return
+    g = p.grad if isinstance(p.grad, Tensor) else Tensor(p.grad)
+    if g.requires_grad:
+        g = g.detach()
+    with writing(g.data, who) as a:
+        a[...] = 0
+    p.grad = g
 
 
 # ---------------------------------------------------------------------------- gradient clip
@@ -591,7 +613,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         if not isinstance(p, Tensor):
             raise TypeError(f"clip_grad_norm_: expected Tensors, got {type(p).__name__}")
         if p.grad is not None:
-            grads.append(p.grad.data if isinstance(p.grad, Tensor) else p.grad)
+            grads.append(_grad_array(p, "clip_grad_norm_"))
     if not grads:
         return 0.0
     if math.isinf(norm_type):
@@ -610,7 +632,8 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     coef = max_norm / (total + 1e-6)
     if not coef >= 1.0:  # as torch, a nan/inf total multiplies the grads by nan/0
         for g in grads:
-            g *= coef
+            with writing(g, "clip_grad_norm_"):
+                g *= coef
     return total
 
 
