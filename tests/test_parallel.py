@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
-from tinygrad_cnn import Tensor, backend, nn
+import tinygrad_cnn.threads as pool
+from tinygrad_cnn import Tensor, blas, nn, parallel
 from tinygrad_cnn.ops.linalg import product
 from models import SeedCNN
 
@@ -38,15 +39,17 @@ def test_grad_matches_backward_and_leaves_dot_grad_alone():
     np.testing.assert_allclose(gh, 2 * h.numpy(), rtol=1e-12)  # an intermediate tensor
 
 
-def test_grad_returns_none_for_unreached_inputs_and_fresh_arrays():
+def test_grad_returns_none_for_unreached_inputs_only_when_allowed_and_fresh_arrays():
     a = Tensor(np.ones(3), requires_grad=True)
     b = Tensor(np.ones(3), requires_grad=True)
-    ga, gb = tc.grad((a + a).sum(), [a, b])
+    with pytest.raises(RuntimeError, match=r"grad: input 1 \(shape \(3,\)\) was not used .* allow_unused=True"):
+        tc.grad((a + a).sum(), [a, b])
+    ga, gb = tc.grad((a + a).sum(), [a, b], allow_unused=True)
     assert gb is None
     np.testing.assert_array_equal(ga, 2.0)
     c = Tensor(np.ones(2), requires_grad=True)
     g1, g2 = tc.grad((c + 0.0).sum(), [c, c])
-    g1 += 1  # the caller owns what it gets back
+    g1.data += 1  # the caller owns what it gets back
     np.testing.assert_array_equal(g2, 1.0)
 
 
@@ -88,7 +91,7 @@ def _full_batch_grads(model, x, y):
     model.zero_grad()
     loss = _loss_fn(model)(x, y)
     loss.backward()
-    return loss.item(), [p.grad.copy() for p in model.parameters()]
+    return loss.item(), [p.grad.data.copy() for p in model.parameters()]
 
 
 @settings(max_examples=8, deadline=None)
@@ -109,7 +112,7 @@ def test_micro_batches_on_threads_are_deterministic_and_accumulate_like_backward
     for _ in range(2):
         model.zero_grad()
         tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 7, threads=2)
-        runs.append([p.grad.copy() for p in model.parameters()])
+        runs.append([p.grad.data.copy() for p in model.parameters()])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)  # the same bits every time
     tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 7, threads=2)
@@ -131,21 +134,34 @@ def test_micro_batches_return_joined_outputs_in_batch_order():
 
 
 def test_micro_batch_workers_run_ops_serially_with_one_blas_thread(monkeypatch):
-    """Inside the workers, conv primitives do not fan out to their own pool."""
-    if not backend.can_set_blas_threads():
+    """Inside the workers, kernels do not fan out to the copy threads' pool."""
+    if not blas.can_set_blas_threads():
         pytest.skip("numpy's BLAS thread count cannot be set here: micro-batches run on one thread")
     seen = []
-    real = backend.parallel_ranges
+    real = pool.num_threads
 
-    def spy(n, fn, work):
-        seen.append((threading.current_thread().name, getattr(backend._serial, "on", False)))
-        return real(n, fn, work)
+    def spy():  # parallel_ranges asks it first, whichever kernel calls it
+        seen.append((threading.current_thread().name, getattr(pool._serial, "on", False)))
+        return real()
 
-    monkeypatch.setattr("tinygrad_cnn.ops.conv.parallel_ranges", spy)
+    monkeypatch.setattr(pool, "num_threads", spy)
+    monkeypatch.setattr(parallel, "blas_threads", _spy_blas_threads(seen))
     model, x, y = _seed_cnn_batch(6)
     tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 3, threads=2)
-    assert seen and all(name.startswith("tinygrad_cnn-micro") and serial for name, serial in seen)
-    assert not getattr(backend._serial, "on", False)
+    assert seen[0] == ("blas_threads", 1)
+    kernels = seen[1:]
+    assert kernels and all(name.startswith("tinygrad_cnn-micro") and serial for name, serial in kernels)
+    assert not getattr(pool._serial, "on", False)
+
+
+def _spy_blas_threads(seen):
+    real = blas.blas_threads
+
+    def spy(n):
+        seen.append(("blas_threads", n))
+        return real(n)
+
+    return spy
 
 
 def test_accumulate_gradients_errors():
@@ -215,7 +231,7 @@ def test_shards_with_synced_batch_norm_give_the_full_batch_gradient_and_statisti
         state = {k: v.copy() for k, v in model.state_dict().items()}
         loss = tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), micro_batch, threads,
                                                 sync_batch_norm=True)
-        runs.append((loss, [p.grad.copy() for p in model.parameters()], model.state_dict()))
+        runs.append((loss, [p.grad.data.copy() for p in model.parameters()], model.state_dict()))
         if not runs[1:]:
             for k, v in model.state_dict().items():  # one update of the running statistics per batch
                 np.testing.assert_allclose(v, want_state[k], rtol=1e-12, atol=1e-15, err_msg=k)
@@ -240,8 +256,8 @@ def test_unsynced_shards_use_their_own_statistics():
 def test_synced_shards_without_blas_control_run_as_one_batch(monkeypatch):
     model, x, y = _bn_batch(8)
     _, want = _full_batch_grads(model, x, y)
-    monkeypatch.setattr(backend, "can_set_blas_threads", lambda: False)
-    monkeypatch.setattr(backend, "ShardGroup", None)  # never built: one shard needs no group
+    monkeypatch.setattr(parallel, "can_set_blas_threads", lambda: False)
+    monkeypatch.setattr(parallel, "ShardGroup", None)  # never built: one shard needs no group
     model.zero_grad()
     tc.parallel.accumulate_gradients(_loss_fn(model), (x, y), model.parameters(), 4, 2, sync_batch_norm=True)
     for p, g in zip(model.parameters(), want):
@@ -303,16 +319,32 @@ def test_shards_that_run_different_ops_raise_instead_of_mixing_statistics():
 # ------------------------------------------------------------------------ BLAS helpers
 
 
+def _blas_thread_counts():
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
 def test_blas_threads_sets_and_restores_the_count():
-    if not backend.can_set_blas_threads():
-        with backend.blas_threads(1) as ok:
-            assert ok is False
-        return
-    _, get = backend._openblas
-    before = get()
-    with backend.blas_threads(1) as ok:
-        assert ok and get() == 1
-    assert get() == before
+    if not blas.can_set_blas_threads():
+        pytest.skip("threadpoolctl finds no BLAS it can control here")
+    before = _blas_thread_counts()
+    with blas.blas_threads(1) as ok:
+        assert ok and _blas_thread_counts() == [1] * len(before)
+    assert _blas_thread_counts() == before
+
+
+def test_blas_threads_changes_nothing_without_a_known_blas(monkeypatch):
+    class NoBlas:
+        lib_controllers = []
+
+        def limit(self, limits):  # pragma: no cover - must not be reached
+            raise AssertionError("blas_threads tried to limit a BLAS it does not know")
+
+    monkeypatch.setattr(blas, "_blas", NoBlas)
+    assert not blas.can_set_blas_threads()
+    with blas.blas_threads(1) as ok:
+        assert ok is False
 
 
 @pytest.mark.parametrize("shapes", [((3, 50), (50, 7)), ((7, 50), (50, 3)), ((2, 3), (3, 9)),
@@ -346,7 +378,7 @@ def test_a_product_with_a_small_result_lets_other_threads_run():
             calls.append((t0, time.perf_counter()))
         done.set()
 
-    with backend.blas_threads(1):
+    with blas.blas_threads(1):
         worker = threading.Thread(target=work)
         worker.start()
         while not done.is_set():
@@ -370,7 +402,7 @@ def test_batch_norm_models_are_not_micro_batched_by_the_trainer():
 _REUSE_PROBE = """
 import resource, sys, threading
 import numpy as np
-from tinygrad_cnn.backend import reuse_freed_memory
+from tinygrad_cnn.allocator import reuse_freed_memory
 if sys.argv[1] == "on":
     assert reuse_freed_memory()
 faults = []
@@ -413,11 +445,11 @@ def test_parallel_ranges_covers_the_range_once_with_the_caller_doing_a_part(monk
         with lock:
             seen.append((lo, hi, threading.current_thread() is threading.main_thread()))
 
-    backend.parallel_ranges(10, part, backend._MIN_PARALLEL)
+    pool.parallel_ranges(10, part, pool._MIN_PARALLEL)
     assert sorted(r[:2] for r in seen) == [(0, 3), (3, 6), (6, 10)]
     assert [r[:2] for r in seen if r[2]] == [(0, 3)]  # the caller's own part; the others ran on the pool
     seen.clear()
-    backend.parallel_ranges(10, part, backend._MIN_PARALLEL - 1)  # too little work: one call, here
+    pool.parallel_ranges(10, part, pool._MIN_PARALLEL - 1)  # too little work: one call, here
     assert seen == [(0, 10, True)]
 
 
@@ -435,5 +467,5 @@ def test_parallel_ranges_raises_only_after_every_part_has_finished(monkeypatch, 
         finished.append(lo)
 
     with pytest.raises(ValueError, match="boom in part"):
-        backend.parallel_ranges(4, part, backend._MIN_PARALLEL)
+        pool.parallel_ranges(4, part, pool._MIN_PARALLEL)
     assert finished == ([2] if failing == "caller" else [0])

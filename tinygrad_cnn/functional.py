@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .backend import array_module, is_floating
 from .ops.conv import window_geometry
 from .tensor import Tensor
+from .xp import array_module, is_floating
 
 __all__ = ["conv2d", "linear", "max_pool2d", "relu", "sigmoid", "tanh", "log_softmax", "softmax",
            "cross_entropy", "nll_loss", "mse_loss", "dropout", "batch_norm", "im2col", "col2im", "pad",

@@ -21,9 +21,10 @@ import operator
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from . import backend
-from .backend import array_module
+from .blas import blas_threads, can_set_blas_threads
 from .tensor import Tensor, _accumulate, grad, is_grad_enabled
+from .threads import ShardGroup, batch_shard, run_serially
+from .xp import array_module
 
 __all__ = ["accumulate_gradients"]
 
@@ -64,16 +65,17 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1, sync_batch_
             raise TypeError(f"accumulate_gradients: params must be Tensors; item {i} is a {type(p).__name__}")
     if not is_grad_enabled():
         raise RuntimeError("accumulate_gradients: called under no_grad(); there is no gradient to take")
+    trained = [i for i, p in enumerate(params) if p.requires_grad]  # frozen ones get none, as in backward()
     chunks = [(lo, min(lo + micro_batch, n)) for lo in range(0, n, micro_batch)]
     if sync_batch_norm and len(chunks) > threads:
         raise ValueError(f"accumulate_gradients: sync_batch_norm runs one micro-batch per thread; a batch of {n} "
                          f"in micro-batches of {micro_batch} makes {len(chunks)}, for {threads} threads")
     threads = min(threads, len(chunks))
-    if threads > 1 and not backend.can_set_blas_threads():
+    if threads > 1 and not can_set_blas_threads():
         threads = 1  # two threads each running multi-threaded BLAS would fight over the cores
         if sync_batch_norm:
             chunks = [(0, n)]  # its shards must run at once: one shard, the whole batch
-    shards = backend.ShardGroup(len(chunks)) if sync_batch_norm and len(chunks) > 1 else None
+    shards = ShardGroup(len(chunks)) if sync_batch_norm and len(chunks) > 1 else None
 
     def work(worker):
         sums, results = [None] * len(params), []
@@ -87,13 +89,14 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1, sync_batch_
                                 f"{getattr(loss, 'shape', '')}")
             share = (hi - lo) / n
             weight = array_module(loss.data).full(loss.shape, share, dtype=loss.dtype)
-            for i, g in enumerate(grad(loss, params, grad_output=weight)):
-                if g is None:
+            grads = grad(loss, [params[i] for i in trained], grad_output=weight, allow_unused=True)
+            for i, g in zip(trained, grads):
+                if g is None:  # a parameter this loss does not reach: no gradient, as backward()
                     continue
                 if sums[i] is None:
-                    sums[i] = g  # a fresh array: tc.grad returns copies
+                    sums[i] = g.data  # a fresh array: tc.grad returns copies
                 else:
-                    sums[i] += g
+                    sums[i] += g.data
             results.append((k, float(loss.item()) * share, extra))
         return sums, results
 
@@ -105,11 +108,11 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1, sync_batch_
             pool = _executors[threads] = ThreadPoolExecutor(threads, thread_name_prefix="tinygrad_cnn-micro")
 
         def serial_work(worker):
-            with backend.run_serially():
+            with run_serially():
                 if shards is None:
                     return work(worker)
                 try:
-                    with backend.batch_shard(shards, worker):
+                    with batch_shard(shards, worker):
                         done = work(worker)
                         shards.gather(worker, "the end of a shard", None)  # none is left waiting
                     return done
@@ -117,7 +120,7 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1, sync_batch_
                     shards.abort()  # the other shards must not wait for this one
                     raise
 
-        with backend.blas_threads(1):
+        with blas_threads(1):
             futures = [pool.submit(serial_work, w) for w in range(threads)]
             wait(futures)  # all finish before BLAS gets its threads back, even if one failed
         failed = [f.exception() for f in futures if f.exception() is not None]
@@ -132,7 +135,7 @@ def accumulate_gradients(fn, arrays, params, micro_batch, threads=1, sync_batch_
             if g is not None:
                 total = g if total is None else total + g
         if total is not None:
-            _accumulate(p, total)
+            _accumulate(p, Tensor._wrap(total, False))
     results = sorted((r for _, rs in parts for r in rs), key=lambda r: r[0])
     loss = sum(r[1] for r in results)
     if all(r[2] is None for r in results):

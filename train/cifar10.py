@@ -37,7 +37,7 @@ import numpy as np
 import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import data, optim, rng
-from tinygrad_cnn.backend import reuse_freed_memory
+from tinygrad_cnn.allocator import reuse_freed_memory
 from tinygrad_cnn.data.download import show_progress
 from tinygrad_cnn.io import CheckpointError, atomic_write, load_state, save_state
 from models import MODELS
