@@ -37,6 +37,19 @@ def test_profile_times_each_primitive_forward_and_backward():
     assert tensor._profiler is None  # off again after the block: ops pay one check
 
 
+def test_primitives_a_vjp_runs_count_in_that_vjp_only():
+    rng = np.random.default_rng(0)
+    a = Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    b = Tensor(rng.standard_normal((3, 5)), requires_grad=True)
+    with tc.profile() as prof:
+        (a @ b).relu().sum().backward()  # matmul's VJP runs two matmuls, relu's a relu_backward
+    rows = {name: (calls, f, b) for name, calls, f, b, _ in prof.rows()}
+    assert rows["matmul"][0] == 1 and rows["relu"][0] == 1 and rows["sum"][0] == 1
+    assert "relu_backward" not in rows  # only ever run inside relu's VJP: its time is relu's backward
+    assert all(b > 0 for _, _, b in rows.values())
+    assert 0 < prof.ops_time() <= prof.wall  # nothing counted twice
+
+
 def test_profile_counts_ops_of_micro_batches_on_threads():
     model = SeedCNN(image_size=8)
     rng = np.random.default_rng(0)

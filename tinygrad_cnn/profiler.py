@@ -10,6 +10,11 @@ Each op's forward and VJP are timed where the engine calls them; ``wall`` is the
 the caller's own Python. Off, it costs one attribute check per op. Ops running on several
 threads at once (``tinygrad_cnn.parallel``) are all recorded, so their times add up to more
 than the wall time.
+
+A VJP is Tensor code: it runs primitives of its own (max-pool's VJP a scatter, matmul's two
+more matmuls). Their time is part of that VJP's and is counted there only: an op's
+``backward`` is everything its VJP did, its ``forward`` and ``calls`` are the calls made
+outside any VJP, so no second is counted twice.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import atexit
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+
+_RECENT = 4096  # forward calls remembered per thread: more than any one VJP runs
 
 
 class Profile:
@@ -28,24 +35,40 @@ class Profile:
         self.wall = 0.0
         self._t0 = None
         self._lock = threading.Lock()
+        self._threads = threading.local()  # .recent: this thread's forward calls since its last VJP
 
     def record(self, name, phase, seconds):
+        """Called by the engine after each forward (``phase="forward"``) and each VJP."""
+        end = time.perf_counter()
+        recent = getattr(self._threads, "recent", None)
+        if recent is None:
+            recent = self._threads.recent = deque(maxlen=_RECENT)
         with self._lock:  # ops may run on several threads
             if phase == "forward":
                 self.forward[name] += seconds
                 self.calls[name] += 1
-            else:
-                self.backward[name] += seconds
+                recent.append((end, name, seconds))
+                return
+            # the forward calls that ended inside this VJP were its own: move them into it
+            start = end - seconds
+            while recent and recent[-1][0] > start:
+                _, inner, dt = recent.pop()
+                self.forward[inner] -= dt
+                self.calls[inner] -= 1
+            recent.clear()  # VJPs on one thread do not overlap: none of these is in a later one
+            self.backward[name] += seconds
 
     def ops_time(self):
-        return sum(self.forward.values()) + sum(self.backward.values())
+        return sum(r[4] for r in self.rows())
 
     def rows(self):
         """(op, calls, forward s, backward s, total s), most expensive first."""
-        names = set(self.forward) | set(self.backward)
-        rows = [(n, self.calls[n], self.forward[n], self.backward[n], self.forward[n] + self.backward[n])
-                for n in names]
-        return sorted(rows, key=lambda r: -r[4])
+        names = {n for n in self.forward if self.calls[n]} | set(self.backward)
+        rows = []
+        for n in names:
+            f = max(self.forward[n], 0.0) if self.calls[n] else 0.0  # (moved time leaves rounding dust)
+            rows.append((n, self.calls[n], f, self.backward[n], f + self.backward[n]))
+        return sorted(rows, key=lambda r: (-r[4], r[0]))
 
     def table(self):
         total = self.wall or self.ops_time()
