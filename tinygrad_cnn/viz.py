@@ -31,6 +31,7 @@ import sys
 import graphviz
 import numpy as np
 
+from .graph import tensors
 from .io import atomic_write, file_mode_for, temp_file_beside
 from .tensor import Tensor
 
@@ -68,86 +69,13 @@ def _clip(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _pair(v, always_two=False) -> str:
-    """3 -> '3' (or '3x3'); (3, 3) -> '3' (or '3x3'); (2, 3) -> '2x3'."""
-    if isinstance(v, (tuple, list)):
-        if len(v) == 2 and v[0] == v[1] and not always_two:
-            return str(v[0])
-        return "x".join(str(a) for a in v)
-    return f"{v}x{v}" if always_two else str(v)
-
-
-def _tuple(v) -> str:
-    if isinstance(v, (tuple, list)):
-        return "(" + ",".join(_tuple(a) for a in v) + ")"
-    return str(v)
-
-
-def _index_item(item) -> str:
-    if item is None:
-        return "None"
-    if item is Ellipsis:
-        return "..."
-    if isinstance(item, slice):
-        parts = ["" if item.start is None else str(item.start), "" if item.stop is None else str(item.stop)]
-        if item.step is not None:
-            parts.append(str(item.step))
-        return ":".join(parts)
-    if hasattr(item, "shape") and hasattr(item, "dtype"):
-        return f"{np.dtype(item.dtype).name}[{_shape(item.shape) if item.ndim else ''}]"
-    if isinstance(item, list):
-        return f"list[{len(item)}]"
-    return repr(item)
-
-
-def _value(v) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (tuple, list)):
-        return _tuple(v)
-    if hasattr(v, "shape") and hasattr(v, "dtype"):
-        return f"{np.dtype(v.dtype).name}[{_shape(v.shape)}]"
-    if isinstance(v, (np.dtype, type)):
-        return np.dtype(v).name
-    return str(v)
-
-
-def op_args(op) -> str:
-    """The key arguments of an op, compactly: ``k=3x3 s=1 p=1``, ``axis=-1``, ``[:, 0:2]``."""
-    p, name = op.params, op.name
+def op_label(op) -> str:
+    """What an op's box prints beside its name: the op's own ``label()`` (its key arguments,
+    e.g. ``k=3x3 s=1 p=1``, ``axis=-1``, ``[:, 0:2]``), clipped to one short line."""
     try:
-        if name in ("im2col", "col2im", "max_pool2d"):
-            k = p.get("kernel_size")
-            s = p.get("stride")
-            s = k if s is None else s
-            ones = " +ones" if p.get("ones_row") else ""  # im2col's row of ones for the bias
-            return f"k={_pair(k, always_two=True)} s={_pair(s)} p={_pair(p.get('padding', 0))}{ones}"
-        if name in ("sum", "max"):
-            axis = p.get("axis")
-            text = "axis=all" if axis is None else f"axis={_tuple(axis)}"
-            return text + (" keepdims" if p.get("keepdims") else "")
-        if name == "log_softmax":
-            return f"axis={p.get('axis', -1)}"
-        if name == "reshape":
-            return ""  # the output shape on the next line says it all
-        if name == "transpose":
-            return f"axes={_tuple(p.get('axes'))}"
-        if name == "getitem":
-            index = p.get("index")
-            items = index if isinstance(index, tuple) else (index,)
-            return _clip("[" + ", ".join(_index_item(i) for i in items) + "]")
-        if name == "pow":
-            return f"^{_value(p.get('exponent'))}"
-        if name == "cast":
-            return f"to {np.dtype(p.get('dtype')).name}"
-        if name == "batch_norm":
-            return f"eps={_value(p.get('eps'))} momentum={_value(p.get('momentum'))}"
-        if name == "pad":
-            value = f" value={_value(p['value'])}" if p.get("value") else ""
-            return _clip(f"pad={_value(p.get('pad_width'))}{value}")
-        return _clip(" ".join(f"{k}={_value(v)}" for k, v in p.items()))
-    except Exception:  # a label must never break drawing
-        return _clip(" ".join(f"{k}={v!r}" for k, v in p.items()))
+        return _clip(op.label())
+    except Exception:  # a label must never break drawing: fall back to the raw parameters
+        return _clip(" ".join(f"{k}={v!r}" for k, v in getattr(op, "params", {}).items()))
 
 
 def grad_norm(g) -> float:
@@ -181,28 +109,6 @@ def _font(text, size=9, color="#444444", bold=False):
 
 
 # ------------------------------------------------------------------------------ the walk
-
-
-def _walk(root):
-    """Every tensor reachable from ``root`` in breadth-first order (root first) and, for each,
-    the indices of its op's inputs in order (empty for leaves). Iterative: no recursion limit."""
-    order, index, parents = [root], {id(root): 0}, []
-    i = 0
-    while i < len(order):
-        ctx = order[i]._ctx
-        i += 1
-        if ctx is None:
-            parents.append(())
-            continue
-        ps = []
-        for p in ctx.parents:
-            j = index.get(id(p))
-            if j is None:
-                j = index[id(p)] = len(order)
-                order.append(p)
-            ps.append(j)
-        parents.append(tuple(ps))
-    return order, parents
 
 
 def _topological(parents):
@@ -247,7 +153,7 @@ def retain_grads(tensor):
     """Make every intermediate tensor of ``tensor``'s graph keep its ``.grad`` after backward, so
     that ``draw_graph(..., show_grad=True)`` shows gradient norms on op boxes, not only on leaves.
     Call it before ``backward()``. Returns ``tensor``."""
-    order, _ = _walk(tensor)
+    order, _ = tensors(tensor)
     for t in order:
         if t._ctx is not None:
             t.retain_grad()
@@ -388,7 +294,7 @@ def _node_attrs(t, names, show_grad):
 
 def _op_label(t, show_grad):
     op = t._ctx
-    args = op_args(op)
+    args = op_label(op)
     head = f"<B>{html.escape(op.name)}</B>"
     if args:
         head += " " + _font(args, 9, "#222222")
@@ -728,7 +634,7 @@ def draw_graph(tensor, params=None, show_grad=False, rankdir="TB", max_nodes=Non
         raise ValueError(f"draw_graph: collapse must be a bool or a depth >= 1; got {collapse!r}")
     names = _Names(params)
     use_clusters = (names.model is not None) if clusters is None else bool(clusters)
-    order, parents = _walk(tensor)
+    order, parents = tensors(tensor)
     groups = _Clusters(names)
     if depth:
         view = _collapsed_view(order, parents, names, groups, show_grad, depth)
