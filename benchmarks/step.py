@@ -22,9 +22,10 @@ import numpy as np
 
 import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
-from tinygrad_cnn.backend import reuse_freed_memory
+from tinygrad_cnn.allocator import reuse_freed_memory
+from tinygrad_cnn.graph import nodes
 from tinygrad_cnn.ops import Matmul
-from tinygrad_cnn.ops.linalg import product
+from tinygrad_cnn.kernels.gemm import product
 from benchmarks.torch_twins import torch_model
 from models import MODELS
 
@@ -100,12 +101,13 @@ def torch_twin(name, model, x, y, threads):
 
 
 def matmul_shapes(step):
-    """The (a, b) shapes and layouts (strides) of every matmul one training step runs, read off the graph."""
+    """The (a, b) shapes and layouts (strides) of every product one training step runs: the
+    forward's and the VJPs' (Tensor code, so each gradient product is a matmul too)."""
     shapes = []
     orig = Matmul.forward
 
     def spy(self, a, b):
-        shapes.append(((a.shape, a.strides), (b.shape, b.strides), a.dtype, self.needs_input_grad))
+        shapes.append(((a.shape, a.strides), (b.shape, b.strides), a.dtype))
         return orig(self, a, b)
 
     Matmul.forward = spy
@@ -126,22 +128,15 @@ def ones_like_layout(shape, strides, dtype):
 
 
 def gemm_lower_bound(shapes, repeats=5):
-    """Seconds for the step's GEMMs alone: each forward product and the VJP products the step
-    needs (none for an input that requires no gradient), in the orientation the Matmul op
-    computes them (``ops.linalg.product``), on operands laid out as the step's were."""
-    work = []
-    for (sa, stride_a), (sb, stride_b), dtype, needs in shapes:
-        a, b = ones_like_layout(sa, stride_a, dtype), ones_like_layout(sb, stride_b, dtype)
-        g = np.ones(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), dtype)
-        work.append((a, b, g, needs))
+    """Seconds for the step's GEMMs alone: every product the step ran (``matmul_shapes``), in
+    the orientation the Matmul op computes it (``kernels.gemm.product``), on operands laid out
+    as the step's were."""
+    work = [(ones_like_layout(sa, stride_a, dtype), ones_like_layout(sb, stride_b, dtype))
+            for (sa, stride_a), (sb, stride_b), dtype in shapes]
 
     def run():
-        for a, b, g, (need_a, need_b) in work:
+        for a, b in work:
             product(a, b)
-            if need_a:
-                product(g, b.swapaxes(-1, -2))
-            if need_b:
-                product(a.swapaxes(-1, -2), g)
 
     run()
     times = []
@@ -153,16 +148,17 @@ def gemm_lower_bound(shapes, repeats=5):
 
 
 def saved_bytes(loss):
-    """Bytes of the arrays the graph keeps for backward (before backward frees them)."""
-    seen, stack, total = set(), [loss], 0
-    while stack:
-        t = stack.pop()
-        op = t._ctx
-        if op is None or id(op) in seen:
-            continue
-        seen.add(id(op))
-        total += sum(a.nbytes for a in (op.saved or ()) if hasattr(a, "nbytes"))
-        stack.extend(op.parents)
+    """Bytes of the arrays the graph keeps for backward (before backward frees them): every
+    node's inputs, which its VJP reads, and what it saved beside them (masks, indices), each
+    block of memory once (a view counts as the array it views)."""
+    seen, total = set(), 0
+    for op in nodes([loss]):
+        for a in [p.data for p in op.parents] + list(op.saved or ()):
+            while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
+                a = a.base
+            if hasattr(a, "nbytes") and id(a) not in seen:
+                seen.add(id(a))
+                total += a.nbytes
     return total
 
 
@@ -308,7 +304,7 @@ def main(argv=None):
     p.add_argument("--micro-threads", type=_at_least(1), default=2, help="micro-batches run at once")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-reuse-memory", action="store_true",
-                   help="leave glibc's malloc settings alone (see tinygrad_cnn.backend.reuse_freed_memory)")
+                   help="leave glibc's malloc settings alone (see tinygrad_cnn.allocator.reuse_freed_memory)")
     args = p.parse_args(argv)
     if not args.no_reuse_memory:
         reuse_freed_memory()  # applies to torch too: both run in this process

@@ -46,3 +46,14 @@ def test_every_count_is_checked_by_the_parser(capsys, flag, value, low):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"error: argument {flag}: must be an integer >= {low}; got '{value}'" in err and "Traceback" not in err
+
+
+def test_saved_bytes_counts_each_block_a_graph_keeps_once():
+    import numpy as np
+
+    import tinygrad_cnn as tc
+
+    x = tc.Tensor(np.ones((10, 10)), requires_grad=True)  # 800 bytes
+    y = x.reshape(100)  # a view of x: the same memory
+    loss = (y * y).sum()  # mul reads y twice, sum reads y * y (800 bytes more)
+    assert step.saved_bytes(loss) == 800 + 800

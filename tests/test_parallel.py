@@ -19,7 +19,7 @@ import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 import tinygrad_cnn.threads as pool
 from tinygrad_cnn import Tensor, blas, nn, parallel
-from tinygrad_cnn.ops.linalg import product
+from tinygrad_cnn.kernels.gemm import product
 from models import SeedCNN
 
 
