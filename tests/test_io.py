@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygrad_cnn import nn, optim
+from tinygrad_cnn import Tensor, nn, optim
 from tinygrad_cnn.io import (CheckpointError, atomic_write, cast_loaded, load_arrays, load_state,
                              remove_stale_temps, save_arrays, save_state)
 
@@ -102,7 +102,7 @@ def test_loading_never_truncates_complex_or_fractional_values(tmp_path):
 def test_optimizer_state_refuses_complex_and_fractional_entries():
     p = nn.Parameter(np.ones(3, np.float32))
     opt = optim.SGD([p], lr=0.1, momentum=0.9)
-    p.grad = np.ones(3, np.float32)
+    p.grad = Tensor(np.ones(3, np.float32))
     opt.step()
     good = opt.state_dict()
     bad = {"state": {0: {"momentum_buffer": good["state"][0]["momentum_buffer"] + 1j}},

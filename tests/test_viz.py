@@ -131,17 +131,14 @@ def test_labels_carry_op_names_args_shapes_dtypes_and_parameter_names():
     assert "2x10 float32" in text
 
 
-# Labels are each op's own (Op.label). Until the ports of ops/conv.py and ops/norm.py (issue 14)
-# give their ops a label, and the lead's compact forms land, these fall back to key=value lists.
-_CONV_LABELS = pytest.mark.xfail(strict=True, reason="im2col/col2im/max_pool2d labels come with the port of ops/conv.py")
-_NORM_LABEL = pytest.mark.xfail(strict=True, reason="batch_norm's label comes with the port of ops/norm.py")
+# Labels are each op's own (Op.label).
 _COMPACT = pytest.mark.xfail(strict=True, reason="tuples in labels are spaced (Transpose/Max/Pad.label), "
                                                  "the pad label is clipped before its value")
 
 
 @pytest.mark.parametrize("needle", [
-    pytest.param("im2col k=3x3 s=1 p=1 +ones", marks=_CONV_LABELS),  # conv's im2col, with the bias's row of ones
-    pytest.param("max_pool2d k=2x2 s=2 p=0", marks=_CONV_LABELS),
+    "im2col k=3x3 s=1 p=1 +ones",  # conv's im2col, with the bias's row of ones
+    "max_pool2d k=2x2 s=2 p=0",
     pytest.param("transpose axes=(1,0,2,3)", marks=_COMPACT),
     "log_softmax axis=-1",
 ])
@@ -159,8 +156,7 @@ def test_dtype_shown_for_float64():
 
 @pytest.mark.parametrize("needle", [
     pytest.param("pad pad=((0,0),(0,0),(1,1),(2,2)) value=1", marks=_COMPACT),
-    pytest.param("im2col k=2x3 s=1x2 p=0", marks=_CONV_LABELS),
-    pytest.param("col2im k=2x3 s=1x2 p=0 1x2x5x8 float64", marks=_CONV_LABELS),
+    "im2col k=2x3 s=1x2 p=0", "col2im k=2x3 s=1x2 p=0 1x2x5x8 float64",
     "getitem [:, 0:1, ::2, None]", "pow ^3", "cast to float32",
     pytest.param("max axis=(0,2) keepdims", marks=_COMPACT),
     "log_softmax axis=1", "sum axis=all",
@@ -560,7 +556,6 @@ def test_cli_subprocess_missing_dot(tmp_path):
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
 
 
-@_NORM_LABEL
 def test_batch_norm_label_shows_eps_and_momentum_not_the_running_arrays():
     bn = nn.BatchNorm2d(3)
     text = label_text(draw_graph(bn(Tensor(np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32))),
