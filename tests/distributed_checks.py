@@ -41,26 +41,36 @@ def _gather(comm, array):
 def allreduce_grads(comm):
     r, n = comm.rank, comm.size
     p, q, none_here, never = (tc.Tensor(np.zeros((2, 3), np.float32), requires_grad=True) for _ in range(4))
-    p.grad = np.full((2, 3), r + 1.0, np.float32)
-    kept = p.grad
-    q.grad = tc.Tensor(np.full((2, 3), 2.0 * (r + 1), np.float32))  # a grad that is a Tensor (the engine's plan)
+    p.grad = tc.Tensor(np.full((2, 3), r + 1.0, np.float32))
+    kept = p.grad.data
+    q.grad = tc.Tensor(np.full((2, 3), 2.0 * (r + 1), np.float32))
+    held = (tc.Tensor(np.ones((2, 3), np.float32), requires_grad=True) * q.grad).sum()  # locks q.grad's array
     kept_q, kept_q_data = q.grad, q.grad.data
-    none_here.grad = np.ones((2, 3), np.float32) if r == 0 else None
+    none_here.grad = tc.Tensor(np.ones((2, 3), np.float32)) if r == 0 else None
     comm.allreduce_grads([p, q, none_here, never])
     mean = sum(k + 1.0 for k in range(n)) / n
-    assert p.grad is kept and np.array_equal(p.grad, np.full((2, 3), mean, np.float32)), p.grad
+    assert p.grad.data is kept and np.array_equal(p.grad, np.full((2, 3), mean, np.float32)), p.grad
     assert q.grad is kept_q and q.grad.data is kept_q_data and np.allclose(q.grad.data, 2 * mean)
-    assert np.allclose(none_here.grad, 1.0 / n)  # zeros from the ranks without one
+    try:  # the graph that read q.grad before the average must not run on the averaged values
+        held.backward()
+    except RuntimeError as e:
+        assert "written by allreduce_grads" in str(e), e
+    else:
+        raise AssertionError("a backward through a gradient allreduce_grads overwrote ran")
+    assert isinstance(none_here.grad, tc.Tensor) and np.allclose(none_here.grad, 1.0 / n)  # zeros from the others
     assert never.grad is None  # no rank had one: still none, as an optimizer expects
-    p.grad = np.full((2, 3), float(r + 1), np.float32)
+    p.grad = tc.Tensor(np.full((2, 3), float(r + 1), np.float32))
     comm.allreduce_grads([p], average=False)
     assert np.array_equal(p.grad, np.full((2, 3), n * (n + 1) / 2, np.float32))
-    try:
-        comm.allreduce_grads([p.data])
-    except TypeError as e:
-        assert "params must be Tensors; item 0 is a ndarray" in str(e), e
-    else:
-        raise AssertionError("an ndarray accepted")
+    for bad, message in (([p.data], "params must be Tensors; item 0 is a ndarray"),
+                         ([never], "has a .grad that is a ndarray, not a Tensor")):
+        never.grad = np.ones((2, 3), np.float32)
+        try:
+            comm.allreduce_grads(bad)
+        except TypeError as e:
+            assert message in str(e), e
+        else:
+            raise AssertionError("an ndarray accepted")
 
 
 @check
@@ -75,8 +85,16 @@ def bcast(comm):
         assert all(np.array_equal(e, everyone[0]) for e in everyone), k
     assert np.all(model.block1.bn.running_mean == 5.0)
     params = [tc.Tensor(np.full(3, float(comm.rank)), requires_grad=True)]
+    held = (params[0] * params[0]).sum()  # a live graph holds the parameter's array (read-only)
     comm.bcast_parameters(params, root=comm.size - 1)
     assert np.all(params[0].data == comm.size - 1)
+    if comm.rank != comm.size - 1:  # written here: the graph refuses to differentiate the old values
+        try:
+            held.backward()
+        except RuntimeError as e:
+            assert "written by bcast_parameters" in str(e), e
+        else:
+            raise AssertionError("a backward through parameters bcast_parameters overwrote ran")
     state = {"step": 3, "m": np.arange(4.0) * (comm.rank == 0), "nested": [{"lr": 0.1}, (1, "x")],
              "scalar": np.float32(2.5)} if comm.rank == 0 else None
     got = comm.bcast_state(state)

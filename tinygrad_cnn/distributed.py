@@ -47,7 +47,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import threads
-from .tensor import Tensor, _accumulate
+from .tensor import Tensor, _accumulate, writing
 
 __all__ = ["MPIUnavailable", "Communicator", "ShardedLoader", "init", "launch_size", "INSTALL_HINT"]
 
@@ -123,9 +123,10 @@ class Communicator:
         When each rank's gradient is that of its mean loss times its ``ShardedLoader``'s
         ``loss_scale``, the mean is the gradient of the global batch's mean loss, as one
         process computing the whole batch would get. One ``Allreduce`` per dtype (usually one),
-        in place in each ``.grad`` (an ndarray, or a Tensor's ``.data``); a parameter with no
-        gradient on any rank keeps ``grad=None``, as the optimizers expect, and one with a
-        gradient on some ranks only counts zeros for the others."""
+        in place in each ``.grad``'s array (through ``tensor.writing``: a graph that read the
+        old gradient refuses backward afterwards); a parameter with no gradient on any rank
+        keeps ``grad=None``, as the optimizers expect, and one with a gradient on some ranks
+        only counts zeros for the others."""
         params = list(params)
         for i, p in enumerate(params):
             if not isinstance(p, Tensor):
@@ -154,9 +155,10 @@ class Communicator:
             for k, (p, n) in enumerate(zip(ps, sizes)):
                 summed, g = flat[offset:offset + n].reshape(p.shape), _grad_array(p)
                 if g is not None:
-                    g[...] = summed
+                    with writing(g, "allreduce_grads"):
+                        g[...] = summed
                 elif flat[total + k]:  # another rank had one: take the sum, as backward would
-                    _accumulate(p, summed)
+                    _accumulate(p, Tensor._wrap(summed, False))  # (a private copy is made of it)
                 offset += n
 
     def bcast_parameters(self, module_or_params, root=0):
@@ -474,11 +476,14 @@ def _batch_sizes(n, batch_size, drop_last):
 
 
 def _grad_array(p):
-    """``p.grad``'s array (the grad itself, or its ``.data`` once grads are Tensors), or None."""
+    """``p.grad``'s array, or None."""
     g = p.grad
     if g is None:
         return None
-    return g.data if isinstance(g, Tensor) else g
+    if not isinstance(g, Tensor):
+        raise TypeError(f"allreduce_grads: a parameter of shape {p.shape} has a .grad that is a "
+                        f"{type(g).__name__}, not a Tensor (assign Tensor(array) to set a gradient by hand)")
+    return g.data
 
 
 def _parameter_arrays(module_or_params):
@@ -503,8 +508,9 @@ def _parameter_arrays(module_or_params):
 
 
 def _param_slot(p):
-    def store(value):
-        p.data[...] = value
+    def store(value):  # in place, past a graph's read-only lock: that graph then refuses backward
+        with writing(p.data, "bcast_parameters") as d:
+            d[...] = value
     return store, p.data
 
 
