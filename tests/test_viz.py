@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import deque
 
 import graphviz
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import tinygrad_cnn.functional as F
 from models import FastCNN, FCBaseline, SeedCNN
 from tinygrad_cnn import Tensor, io, nn
+from tinygrad_cnn.graph import tensors
 from tinygrad_cnn.viz import DotNotFound, draw_graph, main, retain_grads
 
 HAVE_DOT = shutil.which("dot") is not None
@@ -29,21 +29,11 @@ EDGE_RE = re.compile(r"^\s*(n\d+|more) -> (n\d+)(.*)$")
 
 
 def bfs(root):
-    """The graph as the engine records it: tensors in BFS order from the output, and for each op
-    input one (parent index, child index) edge. Written here independently of viz."""
-    order, index, edges = [root], {id(root): 0}, []
-    queue = deque([root])
-    while queue:
-        t = queue.popleft()
-        if t._ctx is None:
-            continue
-        for p in t._ctx.parents:
-            if id(p) not in index:
-                index[id(p)] = len(order)
-                order.append(p)
-                queue.append(p)
-            edges.append((index[id(p)], index[id(t)]))
-    return order, edges
+    """The graph as the engine records it: tensors in BFS order from the output (the shared
+    walk, graph.tensors, which tests/test_graph.py checks against a walk of its own), and for
+    each op input one (input index, node index) edge."""
+    order, inputs = tensors(root)
+    return order, [(j, i) for i, ks in enumerate(inputs) for j in ks]
 
 
 def parse(source):
