@@ -552,3 +552,16 @@ def test_batch_norm_label_shows_eps_and_momentum_not_the_running_arrays():
                                  params=bn).source)
     assert "batch_norm" in text and "eps=1e-05 momentum=0.1" in text
     assert "running" not in text
+
+
+def test_grad_norm_reads_gradient_tensors_and_device_arrays():
+    from tinygrad_cnn.viz import grad_norm
+
+    assert grad_norm(Tensor(np.array([3.0, 4.0], np.float32))) == 5.0
+
+    class DeviceArray:  # what a CuPy array offers: .get() copies it to the host
+        def get(self):
+            return np.array([6.0, 8.0])
+
+    assert grad_norm(Tensor._wrap(DeviceArray(), False)) == 10.0
+    assert grad_norm(np.array([np.inf, 1.0])) == np.inf

@@ -79,8 +79,10 @@ def op_label(op) -> str:
 
 
 def grad_norm(g) -> float:
-    """The L2 norm of a gradient array, in float64 (inf/NaN when the gradient has them)."""
-    a = np.asarray(g.get() if hasattr(g, "get") else g)  # CuPy arrays: copy to the host
+    """The L2 norm of a gradient (a Tensor, as ``.grad`` is, or an array), in float64
+    (inf/NaN when the gradient has them)."""
+    a = g.data if isinstance(g, Tensor) else g
+    a = np.asarray(a.get() if hasattr(a, "get") else a)  # CuPy arrays: copy to the host
     with np.errstate(over="ignore", invalid="ignore"):
         return float(np.sqrt(np.sum(np.square(a, dtype=np.float64))))
 
