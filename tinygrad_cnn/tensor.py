@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .backend import array_module, is_array, is_floating
+from .xp import array_module, is_array, is_floating
 
 # ----------------------------------------------------------------------------- grad mode
 
