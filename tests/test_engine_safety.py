@@ -155,3 +155,40 @@ def test_no_grad_on_a_generator_covers_its_body():
 
     with no_grad():
         assert list(gen2()) == [True]
+
+
+def test_nodes_freed_by_the_garbage_collector_inside_a_lock_do_not_deadlock():
+    """Op.__del__ runs wherever the collector runs, also inside the lock bookkeeping of
+    another node on the same thread: it must not wait for the lock (it used to hang)."""
+    import gc
+
+    import tinygrad_cnn.tensor as engine
+
+    x = Tensor(np.ones(3), requires_grad=True)
+    old = gc.get_threshold()
+    try:
+        for threshold in range(1, 30):
+            gc.set_threshold(threshold)
+            for _ in range(50):
+                y = x.tanh()
+                y.grad_fn.cycle = y.grad_fn  # a cycle: only the collector frees it
+                del y
+                z = x.tanh()
+    finally:
+        gc.set_threshold(*old)
+    del z
+    gc.collect()
+    (x * 2.0).sum()  # the next lock releases whatever a collected node left behind
+    assert x.data.flags.writeable and not engine._locks._orphans
+
+
+def test_grad_accepts_only_a_tensor_of_the_right_shape_and_dtype():
+    w = leaf([1.0, 2.0])
+    with pytest.raises(TypeError, match="a gradient is a Tensor"):
+        w.grad = np.ones(2)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        w.grad = Tensor(np.ones(3))
+    with pytest.raises(ValueError, match="dtype float32"):
+        w.grad = Tensor(np.ones(2, dtype=np.float32))
+    w.grad = Tensor(np.ones(2))
+    w.grad = None

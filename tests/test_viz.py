@@ -122,14 +122,12 @@ def test_labels_carry_op_names_args_shapes_dtypes_and_parameter_names():
 
 
 # Labels are each op's own (Op.label).
-_COMPACT = pytest.mark.xfail(strict=True, reason="tuples in labels are spaced (Transpose/Max/Pad.label), "
-                                                 "the pad label is clipped before its value")
 
 
 @pytest.mark.parametrize("needle", [
     "im2col k=3x3 s=1 p=1 +ones",  # conv's im2col, with the bias's row of ones
     "max_pool2d k=2x2 s=2 p=0",
-    pytest.param("transpose axes=(1,0,2,3)", marks=_COMPACT),
+    "transpose axes=(1,0,2,3)",
     "log_softmax axis=-1",
 ])
 def test_model_graph_labels_show_each_ops_key_arguments(needle):
@@ -145,10 +143,10 @@ def test_dtype_shown_for_float64():
 
 
 @pytest.mark.parametrize("needle", [
-    pytest.param("pad pad=((0,0),(0,0),(1,1),(2,2)) value=1", marks=_COMPACT),
+    "pad pad=((0,0),(0,0),(1,1),(2,2)) value=1",
     "im2col k=2x3 s=1x2 p=0", "col2im k=2x3 s=1x2 p=0 1x2x5x8 float64",
     "getitem [:, 0:1, ::2, None]", "pow ^3", "cast to float32",
-    pytest.param("max axis=(0,2) keepdims", marks=_COMPACT),
+    "max axis=(0,2) keepdims",
     "log_softmax axis=1", "sum axis=all",
 ])
 def test_every_kind_of_argument_is_formatted(needle):

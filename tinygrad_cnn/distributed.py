@@ -477,13 +477,7 @@ def _batch_sizes(n, batch_size, drop_last):
 
 def _grad_array(p):
     """``p.grad``'s array, or None."""
-    g = p.grad
-    if g is None:
-        return None
-    if not isinstance(g, Tensor):
-        raise TypeError(f"allreduce_grads: a parameter of shape {p.shape} has a .grad that is a "
-                        f"{type(g).__name__}, not a Tensor (assign Tensor(array) to set a gradient by hand)")
-    return g.data
+    return None if p.grad is None else p.grad.data  # a Tensor: assignment accepts nothing else
 
 
 def _parameter_arrays(module_or_params):

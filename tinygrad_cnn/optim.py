@@ -258,7 +258,7 @@ class Optimizer:
         for i, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
-            g = _grad_array(p, f"{self._name}.step: param group {gi}, parameter {i}")
+            g = p.grad.data  # with create_graph, its history is not followed
             if g.shape != p.data.shape:
                 raise ValueError(f"{self._name}.step: param group {gi}, parameter {i}: grad has shape "
                                  f"{g.shape} but the parameter has shape {p.data.shape}")
@@ -573,14 +573,6 @@ class AdamW(Adam):
 # ---------------------------------------------------------------------------- gradients
 
 
-def _grad_array(p, where):
-    """The numbers of ``p.grad`` (a Tensor; with ``create_graph`` its history is not followed)."""
-    if not isinstance(p.grad, Tensor):
-        raise TypeError(f"{where}: .grad must be a Tensor (or None); got {type(p.grad).__name__} "
-                        f"(assign Tensor(array) to set a gradient by hand)")
-    return p.grad.data
-
-
 def _zero_grad(p, set_to_none, who):
     """``p.grad = None``, or (``set_to_none=False``) its values zeroed in place, cut from any
     history, as PyTorch's ``zero_grad`` does. The in-place write goes through
@@ -613,7 +605,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         if not isinstance(p, Tensor):
             raise TypeError(f"clip_grad_norm_: expected Tensors, got {type(p).__name__}")
         if p.grad is not None:
-            grads.append(_grad_array(p, "clip_grad_norm_"))
+            grads.append(p.grad.data)
     if not grads:
         return 0.0
     if math.isinf(norm_type):

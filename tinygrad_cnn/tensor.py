@@ -222,7 +222,7 @@ class Op:
         raise NotImplementedError
 
     def __del__(self):
-        _locks.unlock(self)  # a graph dropped without backward: its arrays become writable again
+        _locks.unlock(self, blocking=False)  # a graph dropped without backward: its arrays become writable again
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -261,6 +261,7 @@ class _Locks:
     def __init__(self):
         self._held = {}  # id(array) -> [array, holders, version, last writer]
         self._stuck = []  # released views whose base is still locked
+        self._orphans = []  # holds of nodes freed while the mutex was taken (see unlock)
         self._mutex = threading.Lock()
 
     def lock(self, op, outputs):
@@ -276,34 +277,51 @@ class _Locks:
                 else:  # read-only already (a broadcast view, a lifted constant): nothing can change it
                     entry = None
                 versions.append(None if entry is None else (entry, entry[2]))
+            if self._orphans:
+                self._release(())
         op._versions = versions
 
-    def unlock(self, op):
+    def unlock(self, op, blocking=True):
         versions = getattr(op, "_versions", None)
         if not versions:
             return
         op._versions = None
-        with self._mutex:
-            for v in versions:
-                if v is None:
-                    continue
-                entry = v[0]
-                entry[1] -= 1
-                if entry[1] == 0 and self._held.get(id(entry[0])) is entry:
-                    del self._held[id(entry[0])]
-                    self._stuck.append(entry[0])
-            # a view can become writable only once the array it views is: retry until none is left
-            # that can be released (views whose base another live node still holds wait for it)
-            while self._stuck:
-                waiting = []
-                for a in self._stuck:
-                    try:
-                        a.flags.writeable = True
-                    except ValueError:
-                        waiting.append(a)
-                if len(waiting) == len(self._stuck):
-                    break
-                self._stuck = waiting
+        # Op.__del__ can run inside lock() or unlock() on this very thread (the garbage
+        # collector runs at any allocation), so it must not wait for the mutex: its arrays are
+        # then released by the next call that holds it.
+        if not self._mutex.acquire(blocking):
+            self._orphans.append(versions)
+            return
+        try:
+            self._release(versions)
+        finally:
+            self._mutex.release()
+
+    def _release(self, versions):
+        """Drop one hold on each array of ``versions`` (and of any orphaned node); make the
+        arrays nobody holds any more writable. Called with the mutex held."""
+        while self._orphans:
+            versions = list(versions) + list(self._orphans.pop())
+        for v in versions:
+            if v is None:
+                continue
+            entry = v[0]
+            entry[1] -= 1
+            if entry[1] == 0 and self._held.get(id(entry[0])) is entry:
+                del self._held[id(entry[0])]
+                self._stuck.append(entry[0])
+        # a view can become writable only once the array it views is: retry until none is left
+        # that can be released (views whose base another live node still holds wait for it)
+        while self._stuck:
+            waiting = []
+            for a in self._stuck:
+                try:
+                    a.flags.writeable = True
+                except ValueError:
+                    waiting.append(a)
+            if len(waiting) == len(self._stuck):
+                break
+            self._stuck = waiting
 
     def check(self, op, caller):
         """Raise if an array this node recorded was modified in place since (see ``writing``)."""
@@ -322,6 +340,8 @@ class _Locks:
         """Let the framework write into ``array`` even while a graph holds it, marking the
         graph's nodes that read it as stale (their backward will raise, naming ``who``)."""
         with self._mutex:
+            if self._orphans:
+                self._release(())
             entry = self._held.get(id(array))
             if entry is None or entry[0] is not array:
                 entry = None
@@ -388,7 +408,7 @@ class Tensor:
     their dtype (float64 stays float64). Only floating tensors can require grad.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_retains_grad", "name", "__weakref__")
+    __slots__ = ("data", "_grad", "requires_grad", "_ctx", "_retains_grad", "name", "__weakref__")
     __array_ufunc__ = None  # make `ndarray + Tensor` call Tensor.__radd__
     __hash__ = object.__hash__  # __eq__ is elementwise; hash by identity as PyTorch does
 
@@ -397,7 +417,7 @@ class Tensor:
         if requires_grad and not is_floating(self.data.dtype):
             raise TypeError(f"Tensor: only floating-point tensors can require grad; got dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
-        self.grad = None
+        self._grad = None
         self._ctx = None
         self._retains_grad = False
         self.name = name
@@ -407,7 +427,7 @@ class Tensor:
         t = cls.__new__(Tensor)
         t.data = data
         t.requires_grad = requires_grad
-        t.grad = None
+        t._grad = None
         t._ctx = None
         t._retains_grad = False
         t.name = None
@@ -425,6 +445,22 @@ class Tensor:
     @property
     def dtype(self):
         return self.data.dtype
+
+    @property
+    def grad(self):
+        """The accumulated gradient: a Tensor of this tensor's shape and dtype, or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"grad: assigned a {type(value).__name__}; a gradient is a Tensor (or None), "
+                                f"e.g. Tensor(array)")
+            if value.shape != self.shape or value.dtype != self.dtype:
+                raise ValueError(f"grad: assigned a gradient of shape {value.shape} and dtype {value.dtype} to a "
+                                 f"tensor of shape {self.shape} and dtype {self.dtype}; they must match")
+        self._grad = value
 
     @property
     def is_leaf(self):
@@ -880,6 +916,8 @@ def _accumulate(t, g, create_graph=False):
     """Add ``g`` into ``t.grad``: a private copy the first time, in place after that (out of
     place when the gradients carry a graph, or when a graph still reads the old ``.grad``).
     Serialised, so that threads running backward() into shared leaves lose no update."""
+    if not isinstance(g, Tensor):
+        raise TypeError(f"_accumulate: the gradient must be a Tensor; got {type(g).__name__}")
     with _accumulating:
         if create_graph:
             t.grad = g if t.grad is None else t.grad + g

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import operator
 
-from ..tensor import Tensor
+from ..tensor import Tensor, _short
 from ..xp import array_module
 from . import Op, register
 
@@ -36,7 +36,7 @@ def kept_shape(shape, axes):
 
 def _axis_label(op):
     axis = op.params.get("axis")
-    text = "axis=all" if axis is None else f"axis={axis}"
+    text = "axis=all" if axis is None else f"axis={_short(axis)}"
     return text + (" keepdims" if op.params.get("keepdims") else "")
 
 

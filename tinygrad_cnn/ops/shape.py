@@ -6,6 +6,7 @@ import operator
 
 import numpy as np
 
+from ..tensor import _short
 from ..xp import array_module
 from . import Op, register
 
@@ -45,7 +46,7 @@ class Transpose(Op):
         return g.permute(*sorted(range(len(axes)), key=lambda i: axes[i]))
 
     def label(self):
-        return f"axes={tuple(self.params['axes'])}"
+        return f"axes={_short(tuple(self.params['axes']))}"
 
 
 @register
@@ -189,4 +190,4 @@ class Pad(Op):
 
     def label(self):
         value = self.params.get("value")
-        return f"pad={self.params['pad_width']}" + (f" value={value:g}" if value else "")
+        return f"pad={_short(self.params['pad_width'])}" + (f" value={value:g}" if value else "")
