@@ -222,7 +222,8 @@ class Op:
         raise NotImplementedError
 
     def __del__(self):
-        _locks.unlock(self, blocking=False)  # a graph dropped without backward: its arrays become writable again
+        if getattr(self, "_versions", None):  # recorded, not released: a graph dropped without backward
+            _locks.unlock(self, blocking=False)  # its arrays become writable again
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -266,8 +267,10 @@ class _Locks:
 
     def lock(self, op, outputs):
         versions = []
+        arrays = [t.data for t in op.parents]
+        arrays.extend(o.data for o in outputs)
         with self._mutex:
-            for a in [t.data for t in op.parents] + [o.data for o in outputs]:
+            for a in arrays:
                 entry = self._held.get(id(a))
                 if entry is not None and entry[0] is a:
                     entry[1] += 1
