@@ -158,13 +158,16 @@ class Op:
         arrays = [t.data for t in tensors]
         if len(arrays) > 1:
             _check_same_dtype(cls.name, arrays)
-        needs = tuple([t.requires_grad for t in tensors])
-        record = True in needs and getattr(_local, "grad_enabled", True)
         op = cls.__new__(cls)
         op.params = params
-        op.needs_input_grad = needs
         op.saved = ()
         op.freed = False
+        if getattr(_local, "grad_enabled", True):
+            needs = tuple([t.requires_grad for t in tensors])
+            record = True in needs
+        else:  # inside a first-order VJP, or inference: the common case needs nothing more
+            needs, record = (), False
+        op.needs_input_grad = needs
         op._record = record
         if _profiler is None:
             data = op.forward(*arrays, **params)
@@ -172,12 +175,12 @@ class Op:
             t0 = time.perf_counter()
             data = op.forward(*arrays, **params)
             _profiler.record(cls.name, "forward", time.perf_counter() - t0)
-        if isinstance(data, np.generic):  # numpy reductions to a scalar: keep an array
-            data = np.asarray(data)
         if type(data) is tuple:
             outs = tuple(Tensor._wrap(d, record) for d in data)
             op.out_meta = tuple((d.shape, d.dtype) for d in data)
         else:
+            if isinstance(data, np.generic):  # numpy reductions to a scalar: keep an array
+                data = np.asarray(data)
             out = Tensor._wrap(data, record)
             if not record:
                 return out
@@ -185,7 +188,7 @@ class Op:
         if record:
             op.parents = tuple(tensors)
             op.scope = current_scope()
-            op._outputs = tuple(weakref.ref(o) for o in outs)  # weak: an output owns its node
+            op._outputs = tuple([weakref.ref(o) for o in outs])  # weak: an output owns its node
             for o in outs:
                 o._ctx = op
             _locks.lock(op, outs)
@@ -778,41 +781,59 @@ def _backpropagate(roots, grads, retain_graph, create_graph, caller, wanted, fou
                                "(did you create it under no_grad(), or forget requires_grad=True?)")
         add(root, _seed_grad(caller, root, g))
     order = _graph.nodes(roots)
-    useful = set()  # nodes from which a wanted tensor is reached going backwards
+    useful = set()  # ids of the nodes from which a wanted tensor is reached going backwards
     for op in order:  # producers first
-        if any(p.requires_grad and (wanted(p) or (p._ctx is not None and id(p._ctx) in useful))
-               for p in op.parents):
-            useful.add(id(op))
+        for p in op.parents:
+            if p.requires_grad and ((p._ctx is not None and id(p._ctx) in useful) or wanted(p)):
+                useful.add(id(op))
+                break
     with (enable_grad() if create_graph else no_grad()):
         for op in reversed(order):
-            outs = [r() for r in op._outputs]
-            out_grads = [None if o is None else pending.pop(id(o), (None, None))[1] for o in outs]
-            for o, g in zip(outs, out_grads):
-                if g is not None and wanted(o):
-                    found[id(o)] = (o, g)
-            if id(op) not in useful or all(g is None for g in out_grads):
+            refs = op._outputs
+            if len(refs) == 1:
+                out = refs[0]()
+                entry = None if out is None else pending.pop(id(out), None)
+                if entry is None:
+                    continue
+                outs, out_grads = (out,), [entry[1]]
+                if wanted(out):
+                    found[id(out)] = (out, entry[1])
+            else:
+                outs = [r() for r in refs]
+                out_grads = [None if o is None else pending.pop(id(o), (None, None))[1] for o in outs]
+                for o, g in zip(outs, out_grads):
+                    if g is not None and wanted(o):
+                        found[id(o)] = (o, g)
+                if all(g is None for g in out_grads):
+                    continue
+                # an output nobody used gets zeros (only multi-output ops see this)
+                out_grads = [g if g is not None else Tensor._wrap(_zeros_like_output(op, k), False)
+                             for k, g in enumerate(out_grads)]
+            if id(op) not in useful:
                 continue
             if op.freed:
                 raise RuntimeError(
                     f"{caller}: the graph through '{op.name}' was already freed by an earlier backward(); "
                     f"pass retain_graph=True to the first backward() to go through it twice")
             _locks.check(op, caller)
-            if len(outs) > 1:  # an output nobody used gets zeros (only multi-output ops see this)
-                out_grads = [g if g is not None else Tensor._wrap(_zeros_like_output(op, k), False)
-                             for k, g in enumerate(out_grads)]
             static = op.needs_input_grad
-            op.needs_input_grad = tuple(n and (wanted(p) or (p._ctx is not None and id(p._ctx) in useful))
-                                        for n, p in zip(static, op.parents))
+            needs = tuple([n and ((p._ctx is not None and id(p._ctx) in useful) or wanted(p))
+                           for n, p in zip(static, op.parents)])
             t0 = None if _profiler is None else time.perf_counter()
+            op.needs_input_grad = needs
             try:
                 in_grads = op.backward(*out_grads)
-                if not isinstance(in_grads, tuple):
-                    in_grads = (in_grads,)
-                for i, (parent, need, pg) in enumerate(zip(op.parents, op.needs_input_grad, in_grads)):
-                    if need and pg is not None:
-                        add(parent, _fit_grad(op, i, parent, pg))
             finally:
                 op.needs_input_grad = static
+            if type(in_grads) is not tuple:
+                in_grads = (in_grads,)
+            for i, parent in enumerate(op.parents):
+                pg = in_grads[i] if i < len(in_grads) else None
+                if pg is None or not needs[i]:
+                    continue
+                pg = _fit_grad(op, i, parent, pg)
+                prev = pending.get(id(parent))
+                pending[id(parent)] = (parent, pg if prev is None else prev[1] + pg)
             if t0 is not None:  # the VJP plus summing its gradients to shape and into place
                 _profiler.record(op.name, "backward", time.perf_counter() - t0)
             if not retain_graph:
