@@ -23,3 +23,10 @@ def test_every_python_block_runs(tmp_path, monkeypatch, capsys):
     assert "step 7:" in out and "ops in the graph of the 4th derivative" in out
     assert "digraph" in (tmp_path / "tanh_4th_derivative.dot").read_text()
     assert "penalty" in out
+
+
+def test_the_readme_ten_lines_run(capsys):
+    readme = DOC.parents[1] / "README.md"
+    (block,) = re.findall(r"## Ten lines\n\n```python\n(.*?)^```", readme.read_text(), re.S | re.M)
+    exec(compile(block, "README.md ten lines", "exec"), {"__name__": "__readme__"})
+    assert "(16, 3, 3, 3)" in capsys.readouterr().out
