@@ -49,8 +49,11 @@ def test_an_editable_install_is_found_from_the_parent_of_a_clone_named_like_the_
     # a plain path entry, which Python's own path search sees, not an import hook that runs after it
     assert not any(line.startswith("import") for line in lines), lines
     assert [Path(line) for line in lines if line.strip()] == [clone]
-    # what `python -c ...` in the parent folder then sees ('' first on sys.path, the .pth entry later)
-    check = ("import sys; sys.path.append(sys.argv[1]); import tinygrad_cnn, train.cifar10; "
+    # what `python -c ...` in the parent folder then sees ('' first on sys.path, the .pth entry
+    # later); entries of other installs of the package (CI installs its own clone editable) are
+    # taken out first, so that only this clone's entry can answer
+    check = ("import os, sys; sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p, "
+             "'tinygrad_cnn', '__init__.py'))]; sys.path.append(sys.argv[1]); import tinygrad_cnn, train.cifar10; "
              "from tinygrad_cnn import Tensor; print(tinygrad_cnn.__file__)")
     r = subprocess.run([sys.executable, "-c", check, lines[0]], cwd=parent, capture_output=True, text=True,
                        timeout=120)
