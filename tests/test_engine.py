@@ -242,6 +242,12 @@ DTYPE_CASES = {
                    [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
     "batch_norm_backward": (lambda g, x, w: ops.BatchNormBackward.apply(g, x, w)[0],  # g_x; others get zeros
                             [_vals((3, 2, 2, 2)), _vals((3, 2, 2, 2)), _vals((2,))]),
+    "pow_tensor": (lambda a, b: a ** b, [_vals((2, 3), 0.5, 2.0), _vals((3,))]),
+    "where": (lambda a, b: F.where(np.array([True, False, True]), a, b), [_vals((2, 3)), _vals((3,))]),
+    "erf": (lambda a: a.erf(), [_vals((3,))]),
+    "log1p": (lambda a: a.log1p(), [_vals((3,), 0.5, 2.0)]),
+    "expm1": (lambda a: a.expm1(), [_vals((3,))]),
+    "cat": (lambda a, b: F.cat([a, b], dim=1), [_vals((2, 3)), _vals((2, 2))]),
 }
 
 
@@ -419,3 +425,14 @@ def test_square_of_one_tensor_and_product_of_two_sharing_data():
     c, d = Tensor(arr, requires_grad=True), Tensor(arr)
     (c * d).sum().backward()
     np.testing.assert_array_equal(c.grad, arr)
+
+
+def test_zero_d_results_are_arrays_not_numpy_scalars():
+    """numpy returns a scalar for arithmetic on 0-d arrays; a Tensor's data must stay an
+    ndarray (np.asarray(t) raised 'object __array__ method not producing an array')."""
+    a = Tensor(np.array(2.0), requires_grad=True)
+    for out in (a * a, a + 1.0, a.exp(), -a, (a * a).sum()):
+        assert isinstance(out.data, np.ndarray) and out.shape == ()
+        assert np.asarray(out) == out.item()
+    (a * a).backward()
+    assert isinstance(a.grad.data, np.ndarray) and np.asarray(a.grad) == 4.0

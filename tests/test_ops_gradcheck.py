@@ -158,6 +158,46 @@ def _cast(x):
     check("cast", round_trip, x, eps=1e-3)
 
 
+@case("pow_tensor")
+@given(pair_arrays(b_elements=lambda shape: S.arrays(shape, -2.0, 2.0)).map(lambda ab: (np.asarray(np.abs(ab[0]) + 0.5), ab[1])))
+def _pow_tensor(ab):
+    check("pow_tensor", lambda a, b: a ** b, ab)
+
+
+def test_pow_tensor_on_negative_bases_with_integer_exponents():
+    """(-x) ** n is real for an integer n (exp(n log x) would be NaN); the base's gradient."""
+    x = np.array([[-1.5, -0.7, 2.0], [-2.0, -1.1, -0.6]])
+    n = Tensor(np.array([3.0, -2.0, 2.0]))
+    check("pow_tensor", lambda t: t ** n, x)
+
+
+@case("where")
+@given(st.data())
+def _where(data):
+    shape_c, shape_a, shape_b = data.draw(hnp.mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=3)
+                                          .map(lambda s: s.input_shapes))
+    cond = data.draw(hnp.arrays(np.bool_, shape_c))
+    check("where", lambda a, b: F.where(cond, a, b), (data.draw(S.arrays(shape_a)), data.draw(S.arrays(shape_b))))
+
+
+@case("erf")
+@given(S.shapes().flatmap(lambda s: S.arrays(s, -3.0, 3.0)))
+def _erf(x):
+    check("erf", lambda t: t.erf(), x)
+
+
+@case("log1p")
+@given(S.shapes().flatmap(lambda s: S.arrays(s, -0.5, 3.0)))
+def _log1p(x):
+    check("log1p", lambda t: t.log1p(), x)
+
+
+@case("expm1")
+@given(S.shapes().flatmap(S.arrays))
+def _expm1(x):
+    check("expm1", lambda t: t.expm1(), x)
+
+
 # --------------------------------------------------------------------------- reductions
 
 
@@ -302,6 +342,25 @@ def array_and_pad(draw):
 def _pad(x_pad):
     x, pad_width, value = x_pad
     check("pad", lambda t: F.pad(t, pad_width, value=value), x)
+
+
+@st.composite
+def arrays_to_join(draw):
+    """One to three arrays that differ only along ``axis`` (sizes from 0 up)."""
+    shape = list(draw(S.shapes(min_dims=1)))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    arrays = []
+    for _ in range(draw(st.integers(1, 3))):
+        shape[axis] = draw(st.integers(0, 3))
+        arrays.append(draw(S.arrays(tuple(shape))))
+    return arrays, axis
+
+
+@case("cat")
+@given(arrays_to_join())
+def _cat(arrays_axis):
+    arrays, axis = arrays_axis
+    check("cat", lambda *ts: F.cat(list(ts), dim=axis), tuple(arrays))
 
 
 # ------------------------------------------------------------------------------- linalg

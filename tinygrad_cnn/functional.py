@@ -1,6 +1,11 @@
 """Functions users call on tensors. Composites (conv2d, linear, cross_entropy, softmax, ...)
 are written from the primitives in ``ops/``, so their gradients come from the graph and are
-never written by hand here.
+never written by hand here. Names, arguments and defaults are PyTorch's
+(``torch.nn.functional``), so code ports by changing the import; docs/api.md lists them all.
+
+Composites that choose between formulas elementwise (ELU's two sides, softplus above its
+threshold) use ``where`` with each formula fed only the inputs it is chosen for, so that
+the branch not taken can neither overflow nor send a NaN into the gradient.
 """
 from __future__ import annotations
 
@@ -8,12 +13,22 @@ import numpy as np
 
 from . import ops
 from .ops.conv import window_geometry
-from .tensor import Tensor
+from .tensor import Tensor, _axis, where
 from .xp import array_module, is_floating
 
 __all__ = ["conv2d", "linear", "max_pool2d", "relu", "sigmoid", "tanh", "log_softmax", "softmax",
            "cross_entropy", "nll_loss", "mse_loss", "dropout", "batch_norm", "im2col", "col2im", "pad",
-           "flatten"]
+           "flatten",
+           # activations
+           "leaky_relu", "elu", "celu", "selu", "gelu", "silu", "swish", "softplus", "logsigmoid", "relu6",
+           "hardtanh", "hardsigmoid", "hardswish", "mish",
+           # joining, splitting, choosing
+           "cat", "concatenate", "stack", "split", "chunk", "where", "one_hot",
+           # normalisation and lookup
+           "layer_norm", "group_norm", "embedding",
+           # losses
+           "binary_cross_entropy", "binary_cross_entropy_with_logits", "l1_loss", "smooth_l1_loss",
+           "huber_loss"]
 
 
 def _tensor(x, name, what):
@@ -84,20 +99,24 @@ def tanh(x):
     return ops.Tanh.apply(x)
 
 
-def log_softmax(x, axis=-1):
-    return ops.LogSoftmax.apply(x, axis=axis)
+def log_softmax(x, axis=-1, *, dim=None):
+    """log(softmax(x)) along ``axis`` (alias ``dim``); a 0-d input takes axis 0 or -1 and gives 0."""
+    return ops.LogSoftmax.apply(x, axis=axis if dim is None else dim)
 
 
 # ------------------------------------------------------------------------------ composites
 
 
-def softmax(x, axis=-1):
-    """exp(log_softmax(x)): stable, and its gradient comes from the two primitives."""
-    return log_softmax(x, axis=axis).exp()
+def softmax(x, axis=-1, *, dim=None):
+    """exp(log_softmax(x)) along ``axis`` (alias ``dim``): stable, and its gradient comes from
+    the two primitives. The default is the last axis (PyTorch, given no ``dim``, guesses one
+    with a deprecation warning)."""
+    return log_softmax(x, axis=axis, dim=dim).exp()
 
 
-def flatten(x, start=1):
-    return _tensor(x, "flatten", "input").flatten(start)
+def flatten(x, start_dim=0, end_dim=-1):
+    """Axes ``start_dim`` to ``end_dim`` merged into one (``torch.flatten``)."""
+    return _tensor(x, "flatten", "input").flatten(start_dim, end_dim)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):
@@ -149,20 +168,6 @@ def linear(x, weight, bias=None):
     return out
 
 
-def _class_targets(name, targets, n, n_classes):
-    t = targets.data if isinstance(targets, Tensor) else targets
-    t = array_module(t).asarray(t) if not isinstance(t, (list, tuple)) else np.asarray(t)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"{name}: targets must be integer class indices; got dtype {t.dtype}")
-    if t.shape != (n,):
-        raise ValueError(f"{name}: targets must have shape ({n},) for logits of shape ({n}, {n_classes}); "
-                         f"got {t.shape}")
-    if n and (int(t.min()) < 0 or int(t.max()) >= n_classes):
-        raise ValueError(f"{name}: target classes must lie in [0, {n_classes}); got values from "
-                         f"{int(t.min())} to {int(t.max())}")
-    return t
-
-
 def _reduce(name, loss, reduction):
     if reduction == "mean":
         if loss.numel() == 0:  # an empty batch: NaN, as numpy's and PyTorch's mean
@@ -175,32 +180,158 @@ def _reduce(name, loss, reduction):
     raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
 
 
-def nll_loss(log_probs, targets, reduction="mean"):
-    """Negative log-likelihood of integer ``targets`` under (N, C) log-probabilities."""
-    _tensor(log_probs, "nll_loss", "log_probs")
-    if log_probs.ndim != 2:
-        raise ValueError(f"nll_loss: expects (N, C) log-probabilities; got shape {log_probs.shape}")
-    n, c = log_probs.shape
-    t = _class_targets("nll_loss", targets, n, c)
-    picked = log_probs[array_module(t).arange(n), t]
-    return _reduce("nll_loss", -picked, reduction)
+def _check_reduction(name, reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
 
 
-def cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0):
-    """Softmax cross-entropy of (N, C) logits against integer class ``targets``:
-    log_softmax -> pick each row's target -> mean over the batch (as PyTorch's).
-    ``label_smoothing`` mixes in the uniform distribution over classes."""
-    _tensor(logits, "cross_entropy", "logits")
-    if logits.ndim != 2:
-        raise ValueError(f"cross_entropy: expects (N, C) logits; got shape {logits.shape}")
+def _constant(like, array):
+    """An array as a constant (no gradient) tensor of ``like``'s dtype."""
+    return Tensor._wrap(array_module(like.data).asarray(array, dtype=like.dtype), False)
+
+
+def _divide(total, denominator):
+    """``total / denominator`` for a Python number that may be 0 (then NaN or inf, as
+    PyTorch's mean over no weight), without numpy's warnings."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return total / _constant(total, float(denominator))
+
+
+def _class_scores(name, what, input, target):
+    """Class scores as rows ``(M, C)`` and class-index targets as ``(M,)``, for input
+    ``(N, C)``, ``(N, C, d1, ...)`` (classes on axis 1, as PyTorch) or ``(C,)`` (one sample);
+    also the targets' shape, which a ``reduction='none'`` result has."""
+    if input.ndim == 0:
+        raise ValueError(f"{name}: expects {what} of shape (N, C), (N, C, d1, ...) or (C,); got a 0-d tensor")
+    c = input.shape[0 if input.ndim == 1 else 1]
+    shape = () if input.ndim == 1 else (input.shape[0],) + input.shape[2:]
+    t = target.data if isinstance(target, Tensor) else target
+    t = array_module(t).asarray(t)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{name}: targets must be integer class indices; got dtype {t.dtype} with shape {t.shape}"
+                        + (f" (class probabilities must have the {what}' shape {input.shape})"
+                           if t.dtype.kind == "f" else ""))
+    if t.shape != shape:
+        raise ValueError(f"{name}: targets must have shape {shape} for {what} of shape {input.shape}; got {t.shape}")
+    if input.ndim == 1:
+        rows = input.reshape(1, c)
+    elif input.ndim == 2:
+        rows = input
+    else:  # classes last, then one row per position
+        rows = input.permute(0, *range(2, input.ndim), 1).reshape(-1, c)
+    return rows, t.reshape(-1), shape
+
+
+def _class_weight(name, weight, n_classes, like):
+    """A per-class weight as an array of the scores' dtype (a constant: no gradient), or None."""
+    if weight is None:
+        return None
+    if isinstance(weight, str):
+        raise TypeError(f"{name}: weight must be a tensor or array of {n_classes} class weights; got the string "
+                        f"{weight!r} (pass reduction= by keyword)")
+    w = weight.data if isinstance(weight, Tensor) else np.asarray(weight)
+    if w.shape != (n_classes,):
+        raise ValueError(f"{name}: weight must have shape ({n_classes},), one value per class; got {w.shape}")
+    return array_module(like.data).asarray(w, dtype=like.dtype)
+
+
+def _picked_losses(name, rows, t, weight, ignore_index):
+    """``-rows[i, t[i]] * weight[t[i]]`` for each row, exactly 0 (with no gradient, whatever
+    the reduction multiplies it by) where ``t[i] == ignore_index``; and the total weight of
+    the rows not ignored (PyTorch's denominator for the mean)."""
+    xp = array_module(rows.data)
+    n_classes = rows.shape[1]
+    ignored = t == ignore_index
+    valid = t[~ignored]
+    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
+        raise ValueError(f"{name}: target classes must lie in [0, {n_classes}); got values from {int(valid.min())} "
+                         f"to {int(valid.max())}" + (f" (ignore_index {ignore_index} aside)" if ignored.any() else ""))
+    safe = xp.where(ignored, 0, t) if ignored.any() else t
+    loss = -rows[xp.arange(len(t)), safe]
+    if weight is not None:
+        loss = loss * _constant(rows, weight[safe])
+    if ignored.any():
+        loss = where(ignored, 0.0, loss)
+    total = float(weight[valid].sum()) if weight is not None else float(valid.size)
+    return loss, ignored, total
+
+
+def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of integer ``target`` classes under ``input`` log-probabilities
+    (``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``), as ``torch.nn.functional.nll_loss``:
+    ``weight`` (one per class, a constant) scales each sample's loss, targets equal to
+    ``ignore_index`` count for nothing, and the mean divides by the total weight of the
+    samples not ignored (NaN when that is 0, e.g. an empty batch)."""
+    _tensor(input, "nll_loss", "input")
+    _check_reduction("nll_loss", reduction)
+    rows, t, shape = _class_scores("nll_loss", "log-probabilities", input, target)
+    w = _class_weight("nll_loss", weight, rows.shape[1], input)
+    loss, ignored, total = _picked_losses("nll_loss", rows, t, w, ignore_index)
+    return _class_reduce(loss, shape, reduction, total, plain=w is None and not ignored.any())
+
+
+def _class_reduce(loss, shape, reduction, total, plain):
+    if reduction == "none":
+        return loss.reshape(shape)
+    if reduction == "sum":
+        return loss.sum()
+    return loss.mean() if plain else _divide(loss.sum(), total)
+
+
+def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of ``input`` logits (``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``)
+    against ``target``: integer classes, or class probabilities of the logits' shape (floating
+    dtype), with PyTorch's semantics throughout:
+
+    - class indices: ``nll_loss(log_softmax(input))`` with ``weight`` and ``ignore_index``;
+      the mean divides by the total weight of the samples not ignored;
+    - probabilities: ``-sum(weight * target * log_softmax(input))`` over classes; the mean
+      divides by the number of samples (weights do not enter it); ``ignore_index`` is not
+      supported there (PyTorch raises too);
+    - ``label_smoothing`` mixes the uniform distribution into the target, weighted as above.
+    """
+    name = "cross_entropy"
+    _tensor(input, name, "logits")
+    _check_reduction(name, reduction)
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"cross_entropy: label_smoothing must lie in [0, 1]; got {label_smoothing}")
-    targets = _class_targets("cross_entropy", targets, *logits.shape)  # errors name cross_entropy
-    logp = log_softmax(logits, axis=-1)
-    loss = nll_loss(logp, targets, reduction="none")
+        raise ValueError(f"{name}: label_smoothing must lie in [0, 1]; got {label_smoothing}")
+    t = target.data if isinstance(target, Tensor) else target
+    if getattr(t, "dtype", None) is not None and t.dtype.kind == "f" and np.shape(t) == input.shape and input.ndim:
+        return _cross_entropy_with_probabilities(input, target, weight, ignore_index, reduction, label_smoothing)
+    rows, t, shape = _class_scores(name, "logits", input, target)
+    n_classes = rows.shape[1]
+    w = _class_weight(name, weight, n_classes, input)
+    logp = log_softmax(rows, axis=-1)
+    loss, ignored, total = _picked_losses(name, logp, t, w, ignore_index)
+    plain = w is None and not ignored.any()
+    loss = _class_reduce(loss, shape, reduction, total, plain)
+    if not label_smoothing:
+        return loss
+    smooth = -((logp * _constant(logp, w)) if w is not None else logp).sum(axis=-1)
+    if ignored.any():
+        smooth = where(ignored, 0.0, smooth)
+    smooth = _class_reduce(smooth, shape, reduction, total, plain)
+    return loss * (1.0 - label_smoothing) + smooth * (label_smoothing / n_classes)
+
+
+def _cross_entropy_with_probabilities(input, target, weight, ignore_index, reduction, label_smoothing):
+    name = "cross_entropy"
+    if ignore_index >= 0:
+        raise ValueError(f"{name}: ignore_index ({ignore_index}) applies to class-index targets only; these are "
+                         f"class probabilities (leave ignore_index at its default)")
+    axis = 1 if input.ndim >= 2 else 0
+    n_classes = input.shape[axis]
+    t = target if isinstance(target, Tensor) else _constant(input, target)
     if label_smoothing:
-        loss = loss * (1.0 - label_smoothing) - logp.mean(axis=-1) * label_smoothing
-    return _reduce("cross_entropy", loss, reduction)
+        t = t * (1.0 - label_smoothing) + label_smoothing / n_classes
+    terms = log_softmax(input, axis=axis) * t
+    w = _class_weight(name, weight, n_classes, input)
+    if w is not None:
+        terms = terms * _constant(input, w.reshape((n_classes,) + (1,) * (input.ndim - axis - 1)))
+    loss = -terms.sum(axis=axis)
+    if reduction == "mean":
+        return _divide(loss.sum(), input.numel() // n_classes if n_classes else 0)
+    return _reduce(name, loss, reduction)
 
 
 def mse_loss(input, target, reduction="mean"):
@@ -251,3 +382,373 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Tr
     centered = x - Tensor(running_mean.reshape(shape).astype(x.dtype, copy=False))
     scale = Tensor((1.0 / xp.sqrt(running_var.reshape(shape) + eps)).astype(x.dtype, copy=False))
     return centered * (scale * weight.reshape(*shape)) + bias.reshape(*shape)
+
+
+# ------------------------------------------------------------------------------ activations
+
+
+def _log1p_exp(z):
+    """log(1 + exp(z)) for any z without overflow: max(z, 0) + log1p(exp(-|z|)); the slope at
+    0 is 1/2 (the |z| is folded into one where, whose gradient is -1 or 1, never 0)."""
+    pos = z.data > 0
+    return where(pos, z, 0.0) + where(pos, -z, z).exp().log1p()
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x (the slope at 0 is ``negative_slope``, as PyTorch)."""
+    _tensor(x, "leaky_relu", "input")
+    return where(x.data > 0, x, x * negative_slope)
+
+
+def _elu(x, alpha, scale, input_scale):
+    """scale * x for x > 0, else scale * alpha * (exp(x * input_scale) - 1): ELU, CELU and SELU."""
+    pos = x.data > 0
+    neg = where(pos, 0.0, x)  # the exp side sees x <= 0 only: no overflow where it is not chosen
+    below = (neg * input_scale if input_scale != 1 else neg).expm1() * (alpha * scale)
+    return where(pos, x * scale if scale != 1 else x, below)
+
+
+def elu(x, alpha=1.0):
+    """x for x > 0, else alpha * (exp(x) - 1)."""
+    _tensor(x, "elu", "input")
+    return _elu(x, alpha, 1.0, 1.0)
+
+
+def celu(x, alpha=1.0):
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1))."""
+    _tensor(x, "celu", "input")
+    if alpha == 0:
+        raise ValueError("celu: alpha must not be 0 (it divides x)")
+    return _elu(x, alpha, 1.0, 1.0 / alpha)
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(x):
+    """scale * elu(x, alpha) with the self-normalising constants of Klambauer et al. (2017)."""
+    _tensor(x, "selu", "input")
+    return _elu(x, _SELU_ALPHA, _SELU_SCALE, 1.0)
+
+
+def gelu(x, approximate="none"):
+    """x * Phi(x), Phi the standard normal CDF: ``0.5 * x * (1 + erf(x / sqrt(2)))``, or with
+    ``approximate='tanh'`` ``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``, as PyTorch."""
+    _tensor(x, "gelu", "input")
+    if approximate == "none":
+        return x * 0.5 * ((x * _SQRT_HALF).erf() + 1.0)
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * _SQRT_2_OVER_PI
+        return x * 0.5 * (inner.tanh() + 1.0)
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh'; got {approximate!r}")
+
+
+_SQRT_HALF = 0.70710678118654752440
+_SQRT_2_OVER_PI = 0.79788456080286535588
+
+
+def silu(x):
+    """x * sigmoid(x) (also called swish)."""
+    _tensor(x, "silu", "input")
+    return x * x.sigmoid()
+
+
+swish = silu
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's
+    definition, for speed and to keep large inputs exact). Stable for any input."""
+    _tensor(x, "softplus", "input")
+    z = x * beta if beta != 1 else x
+    over = z.data > threshold
+    soft = _log1p_exp(where(over, 0.0, z) if over.any() else z)
+    soft = soft / beta if beta != 1 else soft
+    return where(over, x, soft) if over.any() else soft
+
+
+def logsigmoid(x):
+    """log(sigmoid(x)) = -softplus(-x), stable for any input."""
+    _tensor(x, "logsigmoid", "input")
+    return -_log1p_exp(-x)
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    """x clipped to [min_val, max_val]; the gradient passes strictly inside (as PyTorch)."""
+    _tensor(x, "hardtanh", "input")
+    if max_val < min_val:
+        raise ValueError(f"hardtanh: max_val ({max_val}) must not be less than min_val ({min_val})")
+    inside = (x.data > min_val) & (x.data < max_val)
+    return where(inside, x, _constant(x, array_module(x.data).clip(x.data, min_val, max_val)))
+
+
+def relu6(x):
+    """min(max(x, 0), 6): hardtanh(x, 0, 6), with no gradient at 0 and 6 (as PyTorch)."""
+    _tensor(x, "relu6", "input")
+    return hardtanh(x, 0.0, 6.0)
+
+
+def hardsigmoid(x):
+    """relu6(x + 3) / 6; the gradient 1/6 strictly between -3 and 3."""
+    _tensor(x, "hardsigmoid", "input")
+    inside = (x.data > -3) & (x.data < 3)
+    return where(inside, (x + 3.0) / 6.0, _constant(x, array_module(x.data).clip((x.data + 3) / 6, 0, 1)))
+
+
+def hardswish(x):
+    """x * relu6(x + 3) / 6 (Howard et al., 2019); slopes as PyTorch's: 0 up to -3 (included),
+    x / 3 + 1/2 between -3 and 3, 1 from 3 on."""
+    _tensor(x, "hardswish", "input")
+    middle = x * (x + 3.0) / 6.0
+    return where(x.data <= -3, 0.0, where(x.data < 3, middle, x))
+
+
+def mish(x):
+    """x * tanh(softplus(x)) (Misra, 2019), with a softplus that never overflows."""
+    _tensor(x, "mish", "input")
+    return x * _log1p_exp(x).tanh()
+
+
+# ------------------------------------------------------------------ joining, splitting, choosing
+
+
+def _tensors(name, tensors):
+    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{name}: expects a list or tuple of tensors; got {type(tensors).__name__}")
+    if not tensors:
+        raise ValueError(f"{name}: expects a non-empty list of tensors")
+    for i, t in enumerate(tensors):
+        _tensor(t, name, f"item {i}")
+    return list(tensors)
+
+
+def cat(tensors, dim=0, *, axis=None):
+    """Join tensors along an existing axis ``dim`` (``torch.cat``; alias ``axis``). Primitive."""
+    tensors = _tensors("cat", tensors)
+    first = tensors[0]
+    d = dim if axis is None else axis
+    if first.ndim == 0:
+        raise ValueError("cat: a 0-d tensor (item 0) cannot be concatenated; use stack, or reshape it to (1,)")
+    for i, t in enumerate(tensors):
+        if t.ndim != first.ndim:
+            raise ValueError(f"cat: item {i} has {t.ndim} axes (shape {t.shape}) but item 0 has {first.ndim} "
+                             f"(shape {first.shape}); all must have the same number")
+    d = _axis("cat", d, first.ndim)
+    return ops.Concatenate.apply(*tensors, axis=d)
+
+
+concatenate = cat
+
+
+def stack(tensors, dim=0, *, axis=None):
+    """Join tensors of one shape along a new axis ``dim`` (``torch.stack``)."""
+    tensors = _tensors("stack", tensors)
+    shape = tensors[0].shape
+    for i, t in enumerate(tensors):
+        if t.shape != shape:
+            raise ValueError(f"stack: item {i} has shape {t.shape} but item 0 has {shape}; all must match")
+    d = _axis("stack", dim if axis is None else axis, len(shape) + 1)
+    return ops.Concatenate.apply(*(t.unsqueeze(d) for t in tensors), axis=d)
+
+
+def split(x, split_size_or_sections, dim=0):
+    """``x.split(...)``: pieces along ``dim`` (``torch.split``)."""
+    return _tensor(x, "split", "input").split(split_size_or_sections, dim)
+
+
+def chunk(x, chunks, dim=0):
+    """``x.chunk(...)``: ``chunks`` nearly equal pieces along ``dim`` (``torch.chunk``)."""
+    return _tensor(x, "chunk", "input").chunk(chunks, dim)
+
+
+def one_hot(tensor, num_classes=-1):
+    """Integer classes (any shape) as an int64 tensor with a last axis of ``num_classes``
+    (default: the largest class + 1), as PyTorch's. Not differentiable."""
+    t = tensor.data if isinstance(tensor, Tensor) else np.asarray(tensor)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: expects integer class indices; got dtype {t.dtype}")
+    xp = array_module(t)
+    if num_classes == -1:
+        if t.size == 0:
+            raise ValueError("one_hot: cannot infer num_classes from an empty tensor; pass num_classes")
+        num_classes = int(t.max()) + 1
+    if t.size and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(f"one_hot: classes must lie in [0, {num_classes}); got values from {int(t.min())} "
+                         f"to {int(t.max())}")
+    return Tensor(xp.eye(num_classes, dtype=np.int64)[t])
+
+
+# --------------------------------------------------------------------- normalisation and lookup
+
+
+def _normalize(x, axes, eps):
+    """(x - mean) / sqrt(var + eps) over ``axes`` (the biased variance, as every norm layer)."""
+    centered = x - x.mean(axis=axes, keepdims=True)
+    var = (centered * centered).mean(axis=axes, keepdims=True)
+    return centered * (var + eps).rsqrt()
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Normalise over the last ``len(normalized_shape)`` axes, then ``* weight + bias``
+    (each of ``normalized_shape``), as ``torch.nn.functional.layer_norm``."""
+    _tensor(x, "layer_norm", "input")
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(shape)
+    if k == 0 or x.ndim < k or x.shape[x.ndim - k:] != shape:
+        raise ValueError(f"layer_norm: normalized_shape {shape} must be the trailing sides of the input's "
+                         f"shape; got input of shape {x.shape}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != shape:
+            raise ValueError(f"layer_norm: {name} must have shape {shape}; got {p.shape}")
+    out = _normalize(x, tuple(range(x.ndim - k, x.ndim)), eps)
+    if weight is not None:
+        out = out * weight
+    return out + bias if bias is not None else out
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Normalise each sample over groups of ``C / num_groups`` channels (and all positions),
+    then ``* weight + bias`` per channel, as ``torch.nn.functional.group_norm``; input
+    ``(N, C, ...)``."""
+    _tensor(x, "group_norm", "input")
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: expects (N, C, ...) input; got shape {x.shape}")
+    n, c = x.shape[:2]
+    if num_groups <= 0 or c % num_groups:
+        raise ValueError(f"group_norm: the {c} channels must divide into num_groups={num_groups} equal groups")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (c,):
+            raise ValueError(f"group_norm: {name} must have shape ({c},); got {p.shape}")
+    per_group = (c // num_groups) * int(np.prod(x.shape[2:], dtype=np.int64))
+    out = _normalize(x.reshape(n, num_groups, per_group), (2,), eps).reshape(x.shape)
+    channel = (1, c) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        out = out * weight.reshape(channel)
+    return out + bias.reshape(channel) if bias is not None else out
+
+
+def embedding(input, weight, padding_idx=None):
+    """Rows of ``weight`` (num_embeddings, dim) picked by the integer ``input`` (any shape):
+    the result has shape ``input.shape + (dim,)``. The row ``padding_idx`` gets no gradient
+    (as PyTorch's); its value is whatever the weight holds there."""
+    _tensor(weight, "embedding", "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-d (num_embeddings, embedding_dim); got shape {weight.shape}")
+    idx = input.data if isinstance(input, Tensor) else np.asarray(input)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be integers; got dtype {idx.dtype}")
+    num = weight.shape[0]
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num):
+        raise IndexError(f"embedding: indices must lie in [0, {num}) for a weight of {num} rows; got values from "
+                         f"{int(idx.min())} to {int(idx.max())}")
+    out = weight[idx]
+    if padding_idx is not None:
+        padding_idx = _padding_index("embedding", padding_idx, num)
+        pad_rows = idx == padding_idx
+        if pad_rows.any() and out.requires_grad:
+            out = where(pad_rows[..., None], _constant(out, out.data), out)
+    return out
+
+
+def _padding_index(name, padding_idx, num):
+    if not -num <= padding_idx < num:
+        raise ValueError(f"{name}: padding_idx must lie in [-{num}, {num}) for {num} embeddings; got {padding_idx}")
+    return padding_idx % num
+
+
+# ----------------------------------------------------------------------------- more losses
+
+
+def _pair(name, input, target):
+    """The input tensor and the target as a tensor of its shape (an array becomes a constant
+    of the input's dtype; a Tensor target gets a gradient too, as in PyTorch)."""
+    _tensor(input, name, "input")
+    target = target if isinstance(target, Tensor) else _constant(input, target)
+    if input.shape != target.shape:
+        raise ValueError(f"{name}: input shape {input.shape} and target shape {target.shape} differ")
+    return input, target
+
+
+def _weighted(name, loss, weight):
+    if weight is None:
+        return loss
+    w = weight if isinstance(weight, Tensor) else _constant(loss, weight)
+    try:
+        np.broadcast_shapes(w.shape, loss.shape)
+    except ValueError:
+        raise ValueError(f"{name}: weight of shape {w.shape} does not broadcast to the loss's shape {loss.shape}") from None
+    return loss * w
+
+
+def _clamped_log(p, complement=False):
+    """log(p), or log(1 - p) computed as log1p(-p) with ``complement``, clamped below at -100
+    with no gradient where clamped (PyTorch's binary cross-entropy: p = 0 or 1 stays finite)."""
+    xp = array_module(p.data)
+    log = (lambda q: (-q).log1p()) if complement else (lambda q: q.log())
+    with np.errstate(divide="ignore"):
+        ok = (xp.log1p(-p.data) if complement else xp.log(p.data)) >= -100
+    if ok.all():
+        return log(p)
+    return where(ok, log(where(ok, p, 0.5)), -100.0)
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """-(t log(p) + (1 - t) log(1 - p)) for probabilities ``input`` in [0, 1], each log
+    clamped at -100 (so p = 0 or 1 gives a finite loss), as PyTorch's."""
+    name = "binary_cross_entropy"
+    input, target = _pair(name, input, target)
+    _check_reduction(name, reduction)
+    p = input.data
+    if p.size and not ((p >= 0) & (p <= 1)).all():
+        raise ValueError(f"{name}: input must hold probabilities in [0, 1]; got values from {float(p.min())} to "
+                         f"{float(p.max())} (use binary_cross_entropy_with_logits for logits)")
+    log_p, log_not_p = _clamped_log(input), _clamped_log(input, complement=True)
+    loss = -(target * log_p + (1.0 - target) * log_not_p)
+    return _reduce(name, _weighted(name, loss, weight), reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    """binary_cross_entropy(sigmoid(input), target) computed from the logits, stable for any
+    input: ``(1 - t) x - (1 + (pos_weight - 1) t) log(sigmoid(x))``; ``pos_weight``
+    (broadcast along the last axis, one per class) weighs the positive term."""
+    name = "binary_cross_entropy_with_logits"
+    input, target = _pair(name, input, target)
+    _check_reduction(name, reduction)
+    log_sig = -_log1p_exp(-input)
+    if pos_weight is None:
+        loss = (1.0 - target) * input - log_sig
+    else:
+        pw = pos_weight if isinstance(pos_weight, Tensor) else _constant(input, pos_weight)
+        loss = (1.0 - target) * input - ((pw - 1.0) * target + 1.0) * log_sig
+    return _reduce(name, _weighted(name, loss, weight), reduction)
+
+
+def l1_loss(input, target, reduction="mean"):
+    """Mean absolute error |input - target| (its gradient at 0 is 0, as PyTorch's)."""
+    input, target = _pair("l1_loss", input, target)
+    return _reduce("l1_loss", (input - target).abs(), reduction)
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    """0.5 d^2 / beta where |d| < beta, else |d| - beta / 2 (d = input - target); ``beta=0``
+    is the L1 loss, as PyTorch's."""
+    input, target = _pair("smooth_l1_loss", input, target)
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be non-negative; got {beta}")
+    d = input - target
+    if beta == 0:
+        return _reduce("smooth_l1_loss", d.abs(), reduction)
+    loss = where(array_module(d.data).abs(d.data) < beta, d * d * (0.5 / beta), d.abs() - 0.5 * beta)
+    return _reduce("smooth_l1_loss", loss, reduction)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    """0.5 d^2 where |d| < delta, else delta (|d| - delta / 2), as PyTorch's (``delta``
+    times ``smooth_l1_loss`` with ``beta=delta``)."""
+    input, target = _pair("huber_loss", input, target)
+    if not delta > 0:
+        raise ValueError(f"huber_loss: delta must be positive; got {delta}")
+    d = input - target
+    loss = where(array_module(d.data).abs(d.data) < delta, d * d * 0.5, (d.abs() - 0.5 * delta) * delta)
+    return _reduce("huber_loss", loss, reduction)

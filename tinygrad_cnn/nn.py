@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -24,7 +26,10 @@ from .threads import current_shard
 from .xp import is_floating
 
 __all__ = ["Parameter", "Module", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Sequential",
-           "BatchNorm2d", "Dropout", "Identity"]
+           "BatchNorm2d", "Dropout", "Identity",
+           "ModuleList", "ModuleDict", "BatchNorm1d", "LayerNorm", "GroupNorm", "Embedding",
+           "LeakyReLU", "ELU", "CELU", "SELU", "GELU", "SiLU", "Softplus", "LogSigmoid", "ReLU6", "Hardtanh",
+           "Hardsigmoid", "Hardswish", "Mish", "Sigmoid", "Tanh", "Softmax", "LogSoftmax"]
 
 
 class Parameter(Tensor):
@@ -165,6 +170,13 @@ class Module:
         """Forget every parameter's gradient (``.grad = None``; zeros in place if not set_to_none)."""
         for p in self.parameters():
             _zero_grad(p, set_to_none, f"{type(self).__name__}.zero_grad")
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (``False``) or unfreeze every parameter below this module: a frozen parameter
+        records no graph, gets no gradient, and optimizers skip it."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
 
     def astype(self, dtype):
         """Convert every parameter and floating buffer to ``dtype`` in place (e.g. float64 for gradcheck)."""
@@ -360,19 +372,30 @@ class ReLU(Module):
 
 
 class Identity(Module):
+    """Returns its input; accepts and ignores any constructor arguments (as PyTorch's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
     def forward(self, x):
         return x
 
 
 class Flatten(Module):
-    def __init__(self, start_dim=1):
+    """Axes ``start_dim`` to ``end_dim`` merged (the batch axis 0 kept, by default)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        if isinstance(start_dim, (bool, np.bool_)) or not isinstance(start_dim, numbers.Integral):
-            raise TypeError(f"Flatten: start_dim must be an int; got {start_dim!r}")
-        self.start_dim = start_dim
+        for name, d in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+                raise TypeError(f"Flatten: {name} must be an int; got {d!r}")
+        self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        return x.flatten(self.start_dim)
+        return x.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class Sequential(Module):
@@ -401,17 +424,22 @@ class Sequential(Module):
         return iter(self._modules.values())
 
 
-class BatchNorm2d(Module):
-    """Batch normalisation over (N, H, W) per channel, with running statistics for eval mode.
-    State names as PyTorch: weight, bias, running_mean, running_var, num_batches_tracked."""
+class _BatchNorm(Module):
+    """Batch normalisation per channel (axis 1) over every other axis, with running statistics
+    for eval mode. State names as PyTorch: weight, bias, running_mean, running_var,
+    num_batches_tracked. Subclasses say which input ranks they take."""
+
+    _ranks = ()
+    _form = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__()
-        num_features = _size("BatchNorm2d", "num_features", num_features)
+        name = type(self).__name__
+        num_features = _size(name, "num_features", num_features)
         if not (isinstance(eps, numbers.Real) and 0 < eps < math.inf):
-            raise ValueError(f"BatchNorm2d: eps must be a positive number; got {eps!r}")
+            raise ValueError(f"{name}: eps must be a positive number; got {eps!r}")
         if not (isinstance(momentum, numbers.Real) and 0 <= momentum <= 1):
-            raise ValueError(f"BatchNorm2d: momentum must lie in [0, 1]; got {momentum!r}")
+            raise ValueError(f"{name}: momentum must lie in [0, 1]; got {momentum!r}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
@@ -420,9 +448,13 @@ class BatchNorm2d(Module):
         self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
     def forward(self, x):
-        if x.ndim != 4 or x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d: expects (N, {self.num_features}, H, W) input; got shape {x.shape}")
+        if x.ndim not in self._ranks or x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expects {self._form.format(c=self.num_features)} input; "
+                             f"got shape {x.shape}")
         shard = current_shard()
+        if self.training and shard is None and x.numel() == x.shape[1]:  # as PyTorch: no 0/0 variance
+            raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when training; got "
+                             f"input of shape {x.shape} (use a larger batch, or eval() mode)")
         if self.training and (shard is None or shard[1] == 0):  # once per batch, also when threads split it
             self._buffers["num_batches_tracked"] = self.num_batches_tracked + 1
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
@@ -430,6 +462,20 @@ class BatchNorm2d(Module):
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, C, L) input, per channel C."""
+
+    _ranks = (2, 3)
+    _form = "(N, {c}) or (N, {c}, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of (N, C, H, W) input over (N, H, W), per channel C."""
+
+    _ranks = (4,)
+    _form = "(N, {c}, H, W)"
 
 
 class Dropout(Module):
@@ -448,3 +494,379 @@ class Dropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+# ------------------------------------------------------------------------------ containers
+
+
+class ModuleList(Module):
+    """A list of modules, registered as ``"0"``, ``"1"``, ... (so a state_dict has PyTorch's
+    names, ``layers.0.weight``). Indexing, slicing (a new ModuleList), ``append``,
+    ``extend``, ``insert``, ``len``, iteration, ``del``; not callable itself."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def _checked(self, m, i):
+        if not isinstance(m, Module):
+            raise TypeError(f"ModuleList: item {i} is a {type(m).__name__}, not a Module")
+        return m
+
+    def _index(self, i):
+        n = len(self)
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise TypeError(f"ModuleList: indices must be integers or slices; got {type(i).__name__}") from None
+        if not -n <= i < n:
+            raise IndexError(f"ModuleList: index {i} is out of range for {n} modules")
+        return i % n
+
+    def _renumber(self, items):
+        self._modules.clear()
+        for k, m in enumerate(items):
+            self._modules[str(k)] = m
+
+    def __getitem__(self, i):
+        items = list(self._modules.values())
+        if isinstance(i, slice):
+            return ModuleList(items[i])
+        return items[self._index(i)]
+
+    def __setitem__(self, i, module):
+        self._modules[str(self._index(i))] = self._checked(module, i)
+
+    def __delitem__(self, i):
+        items = list(self._modules.values())
+        if isinstance(i, slice):
+            del items[i]
+        else:
+            del items[self._index(i)]
+        self._renumber(items)  # as PyTorch: the names stay 0..n-1
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def append(self, module):
+        self._modules[str(len(self))] = self._checked(module, len(self))
+        return self
+
+    def extend(self, modules):
+        if isinstance(modules, Module) and not isinstance(modules, ModuleList):
+            raise TypeError("ModuleList.extend: expects an iterable of Modules; got a single Module (use append)")
+        for m in list(modules):
+            self.append(m)
+        return self
+
+    def insert(self, index, module):
+        items = list(self._modules.values())
+        items.insert(index, self._checked(module, index))
+        self._renumber(items)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleList is not callable: iterate over it in your forward()")
+
+
+class ModuleDict(Module):
+    """A dict of modules registered under their keys (a state_dict has ``blocks.conv.weight``);
+    insertion order kept. Keys are strings without dots that do not shadow an attribute."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key):
+        try:
+            return self._modules[key]
+        except KeyError:
+            raise KeyError(f"ModuleDict: no module named {key!r} (have {list(self._modules)})") from None
+
+    def __setitem__(self, key, module):
+        if not isinstance(key, str):
+            raise TypeError(f"ModuleDict: keys must be strings; got {type(key).__name__}")
+        if "." in key or key == "":
+            raise KeyError(f"ModuleDict: key {key!r} must be a non-empty name without '.' (dots separate the "
+                           f"levels of state_dict names)")
+        if hasattr(type(self), key) or (key in self.__dict__):
+            raise KeyError(f"ModuleDict: key {key!r} would shadow the attribute of that name; pick another")
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleDict: the value for {key!r} is a {type(module).__name__}, not a Module")
+        self._modules[key] = module
+
+    def __delitem__(self, key):
+        self[key]  # the KeyError, worded
+        del self._modules[key]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def pop(self, key):
+        module = self[key]
+        del self._modules[key]
+        return module
+
+    def clear(self):
+        self._modules.clear()
+
+    def update(self, modules):
+        """Add ``(key, module)`` pairs from a mapping, a ModuleDict or an iterable of pairs."""
+        items = modules.items() if isinstance(modules, (Mapping, ModuleDict)) else modules
+        for i, pair in enumerate(items):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"ModuleDict.update: item {i} must be a (key, module) pair; got {pair!r}")
+            self[pair[0]] = pair[1]
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleDict is not callable: pick its modules by key in your forward()")
+
+
+# ------------------------------------------------------------------- normalisation, lookup
+
+
+class LayerNorm(Module):
+    """Normalisation over the trailing ``normalized_shape`` of each sample, with an
+    elementwise affine map (``weight`` ones, ``bias`` zeros, of that shape), as PyTorch's."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+        shape = tuple(_size("LayerNorm", "normalized_shape", n) for n in shape)
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(Module):
+    """Normalisation of each sample over groups of channels, then a per-channel affine map
+    (``weight`` ones, ``bias`` zeros), as PyTorch's. Input (N, C, ...)."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+        super().__init__()
+        num_groups, num_channels = _size("GroupNorm", "num_groups", num_groups), \
+            _size("GroupNorm", "num_channels", num_channels)
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels ({num_channels}) must divide into num_groups ({num_groups}) "
+                             f"equal groups")
+        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
+        self.weight = Parameter(np.ones(num_channels, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, dtype)) if affine else None
+
+    def forward(self, x):
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"GroupNorm: expects (N, {self.num_channels}, ...) input; got shape {x.shape}")
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+class Embedding(Module):
+    """A lookup table: integer indices (any shape) -> rows of ``weight`` (num_embeddings,
+    embedding_dim), initialised N(0, 1) as PyTorch's. The row ``padding_idx`` starts at zero
+    and gets no gradient."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, rng=None, dtype=np.float32, _weight=None):
+        super().__init__()
+        num_embeddings = _size("Embedding", "num_embeddings", num_embeddings)
+        embedding_dim = _size("Embedding", "embedding_dim", embedding_dim)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        if padding_idx is not None:
+            padding_idx = F._padding_index("Embedding", padding_idx, num_embeddings)
+        self.padding_idx = padding_idx
+        if _weight is None:
+            rng = default_generator() if rng is None else rng
+            w = rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype)
+            if padding_idx is not None:
+                w[padding_idx] = 0
+            self.weight = Parameter(w)
+        else:
+            if tuple(np.shape(_weight)) != (num_embeddings, embedding_dim):
+                raise ValueError(f"Embedding: the weight must have shape ({num_embeddings}, {embedding_dim}); got "
+                                 f"{tuple(np.shape(_weight))}")
+            self.weight = _weight if isinstance(_weight, Parameter) else Parameter(_weight)
+
+    @classmethod
+    def from_pretrained(cls, embeddings, freeze=True, padding_idx=None):
+        """An Embedding holding ``embeddings`` (2-d), frozen unless ``freeze=False``."""
+        data = embeddings.data if isinstance(embeddings, Tensor) else np.asarray(embeddings)
+        if data.ndim != 2:
+            raise ValueError(f"Embedding.from_pretrained: embeddings must be 2-d; got shape {data.shape}")
+        return cls(*data.shape, padding_idx=padding_idx,
+                   _weight=Parameter(np.array(data, copy=True), requires_grad=not freeze))
+
+    def forward(self, indices):
+        return F.embedding(indices, self.weight, self.padding_idx)
+
+    def extra_repr(self):
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
+
+
+# -------------------------------------------------------------------------------- activations
+
+
+class _Activation(Module):
+    """A module that applies one function of ``F`` with fixed keyword arguments."""
+
+    _fn = None  # the name of the function in F
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self._kwargs = kwargs
+
+    def forward(self, x):
+        return getattr(F, self._fn)(x, **self._kwargs)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self._kwargs.items())
+
+    def __getattr__(self, name):  # the arguments read as attributes (m.negative_slope), as PyTorch's
+        kwargs = self.__dict__.get("_kwargs", {})
+        if name in kwargs:
+            return kwargs[name]
+        return super().__getattr__(name)
+
+
+class LeakyReLU(_Activation):
+    _fn = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__(negative_slope=negative_slope)
+
+
+class ELU(_Activation):
+    _fn = "elu"
+
+    def __init__(self, alpha=1.0):
+        super().__init__(alpha=alpha)
+
+
+class CELU(_Activation):
+    _fn = "celu"
+
+    def __init__(self, alpha=1.0):
+        if alpha == 0:
+            raise ValueError("CELU: alpha must not be 0 (it divides x)")
+        super().__init__(alpha=alpha)
+
+
+class SELU(_Activation):
+    _fn = "selu"
+
+
+class GELU(_Activation):
+    _fn = "gelu"
+
+    def __init__(self, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh'; got {approximate!r}")
+        super().__init__(approximate=approximate)
+
+
+class SiLU(_Activation):
+    _fn = "silu"
+
+
+class Softplus(_Activation):
+    _fn = "softplus"
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__(beta=beta, threshold=threshold)
+
+
+class LogSigmoid(_Activation):
+    _fn = "logsigmoid"
+
+
+class Hardtanh(_Activation):
+    _fn = "hardtanh"
+
+    def __init__(self, min_val=-1.0, max_val=1.0):
+        if max_val < min_val:
+            raise ValueError(f"Hardtanh: max_val ({max_val}) must not be less than min_val ({min_val})")
+        super().__init__(min_val=min_val, max_val=max_val)
+
+
+class ReLU6(_Activation):
+    _fn = "relu6"
+
+
+class Hardsigmoid(_Activation):
+    _fn = "hardsigmoid"
+
+
+class Hardswish(_Activation):
+    _fn = "hardswish"
+
+
+class Mish(_Activation):
+    _fn = "mish"
+
+
+class Sigmoid(_Activation):
+    _fn = "sigmoid"
+
+
+class Tanh(_Activation):
+    _fn = "tanh"
+
+
+def _implicit_softmax_dim(name, ndim):
+    """PyTorch's legacy choice when no ``dim`` is given (0 for 0-, 1- and 3-d input, else 1),
+    with its warning: pass ``dim`` to say which axis sums to one."""
+    warnings.warn(f"{name}: implicit dimension choice (dim=None) is deprecated, as in PyTorch; pass dim",
+                  UserWarning, stacklevel=3)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+class Softmax(Module):
+    """softmax along ``dim`` (PyTorch's implicit choice, with a warning, when it is None)."""
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        dim = _implicit_softmax_dim("Softmax", x.ndim) if self.dim is None else self.dim
+        return F.softmax(x, axis=dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """log_softmax along ``dim`` (PyTorch's implicit choice, with a warning, when it is None)."""
+
+    def forward(self, x):
+        dim = _implicit_softmax_dim("LogSoftmax", x.ndim) if self.dim is None else self.dim
+        return F.log_softmax(x, axis=dim)

@@ -254,9 +254,10 @@ class Optimizer:
         return loss
 
     def _grads(self, group, gi):
-        """(param, gradient array) for the group's params that have a gradient, checked."""
+        """(param, gradient array) for the group's params that have a gradient, checked. A frozen
+        parameter (``requires_grad=False``) is skipped, even with a gradient left from before."""
         for i, p in enumerate(group["params"]):
-            if p.grad is None:
+            if p.grad is None or not p.requires_grad:
                 continue
             g = p.grad.data  # with create_graph, its history is not followed
             if g.shape != p.data.shape:

@@ -14,6 +14,7 @@ import inspect
 import operator
 import threading
 import time
+import warnings
 import weakref
 from contextlib import contextmanager
 
@@ -595,9 +596,19 @@ class Tensor:
         return _ops.Neg.apply(self)
 
     def __pow__(self, exponent):
-        if isinstance(exponent, Tensor) or not np.isscalar(exponent):
-            raise TypeError(f"pow: the exponent must be a Python number; got {type(exponent).__name__}")
+        """``x ** p``: a number ``p`` is the ``pow`` primitive; a tensor or array exponent (integer
+        ones are converted to this tensor's dtype) is ``pow_tensor``, broadcast as numpy's."""
+        if isinstance(exponent, Tensor) or is_array(exponent):
+            y = self._lift(exponent)
+            if not is_floating(y.dtype) and is_floating(self.dtype):
+                y = Tensor._wrap(y.data.astype(self.dtype), False)  # an integer exponent: exact in any float
+            return _ops.PowTensor.apply(self, y)
+        if not np.isscalar(exponent) or isinstance(exponent, (str, bytes)):
+            raise TypeError(f"pow: the exponent must be a number or a tensor; got {type(exponent).__name__}")
         return _ops.Pow.apply(self, exponent=float(exponent))
+
+    def pow(self, exponent):
+        return self ** exponent
 
     def __rpow__(self, base):
         if isinstance(base, Tensor) or not np.isscalar(base) or base <= 0:
@@ -660,8 +671,20 @@ class Tensor:
         return self.sum(axis=axes, keepdims=True).reshape(shape) if axes else self.reshape(shape)
 
     def expand(self, *shape):
-        """A broadcast view to ``shape`` (PyTorch's ``expand``, numpy's ``broadcast_to``)."""
-        return _ops.Expand.apply(self, shape=_shape_arg(shape))
+        """A broadcast view to ``shape`` (PyTorch's ``expand``, numpy's ``broadcast_to``); ``-1``
+        keeps that axis's size, and new axes may be added on the left."""
+        shape = _shape_arg(shape, "expand", allow_minus_one=True)
+        extra = len(shape) - self.ndim
+        if extra < 0:
+            raise ValueError(f"expand: the target {shape} has fewer axes than the tensor's shape {self.shape}")
+        if any(n == -1 for n in shape[:extra]):
+            raise ValueError(f"expand: -1 in {shape} is not allowed for a new leading axis (the tensor has "
+                             f"{self.ndim} axes; -1 keeps the size of an existing one)")
+        shape = tuple(self.shape[i - extra] if n == -1 else n for i, n in enumerate(shape))
+        return _ops.Expand.apply(self, shape=shape)
+
+    def expand_as(self, other):
+        return self.expand(other.shape)
 
     broadcast_to = expand
 
@@ -691,9 +714,21 @@ class Tensor:
             raise ValueError(f"transpose: axes ({dim0}, {dim1}) out of range for a {self.ndim}-d tensor") from None
         return _ops.Transpose.apply(self, axes=tuple(axes))
 
-    def flatten(self, start=1):
-        start = start + self.ndim if start < 0 else start
-        return self.reshape(*self.shape[:start], -1)
+    def flatten(self, start_dim=0, end_dim=-1):
+        """Axes ``start_dim`` to ``end_dim`` (inclusive) merged into one, as PyTorch's (a 0-d
+        tensor becomes shape (1,))."""
+        if self.ndim == 0:
+            for d in (start_dim, end_dim):
+                _axis("flatten", d, 1)
+            return self.reshape(1)
+        start, end = _axis("flatten", start_dim, self.ndim), _axis("flatten", end_dim, self.ndim)
+        if start > end:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for a "
+                             f"{self.ndim}-d tensor")
+        merged = 1
+        for n in self.shape[start:end + 1]:
+            merged *= n
+        return self.reshape(*self.shape[:start], merged, *self.shape[end + 1:])
 
     def astype(self, dtype):
         """A copy in another dtype; the gradient is cast back."""
@@ -725,8 +760,6 @@ class Tensor:
     def tanh(self):
         return _ops.Tanh.apply(self)
 
-    def sqrt(self):
-        return self ** 0.5
 
     def relu_mask(self, where):
         """This gradient kept where ``where`` (an array) is positive, zero elsewhere: ReLU's VJP."""
@@ -741,6 +774,217 @@ class Tensor:
     def softmax(self, axis=-1, *, dim=None):
         return self.log_softmax(axis=axis if dim is None else dim).exp()
 
+    # --- more math: composites of the primitives, with PyTorch's names and gradients --------
+    def _constant(self, array):
+        """An array as a constant tensor of this tensor's dtype (a mask, a clipped value)."""
+        return Tensor._wrap(array_module(self.data).asarray(array, dtype=self.dtype), False)
+
+    def sqrt(self):
+        return self ** 0.5
+
+    def rsqrt(self):
+        return self ** -0.5
+
+    def abs(self):
+        """|x|; its gradient is sign(x), 0 at 0 (as PyTorch)."""
+        return self * self._constant(array_module(self.data).sign(self.data))
+
+    __abs__ = abs
+
+    def erf(self):
+        return _ops.Erf.apply(self)
+
+    def log1p(self):
+        return _ops.Log1p.apply(self)
+
+    def expm1(self):
+        return _ops.Expm1.apply(self)
+
+    def minimum(self, other):
+        """Elementwise min of two tensors; on ties each side gets half the gradient (as maximum)."""
+        return -((-self).maximum(-self._lift(other)))
+
+    def where(self, condition, other):
+        """``self`` where ``condition`` holds, ``other`` elsewhere (PyTorch's ``x.where(c, y)``)."""
+        return where(condition, self, other)
+
+    def clamp(self, min=None, max=None):
+        """Limit to ``[min, max]`` (numbers or tensors, either may be None; a ``min`` above
+        ``max`` gives ``max``, as PyTorch). Gradients as PyTorch's: ``x`` gets its gradient
+        where ``min <= x <= max``, a tensor ``min`` where it is the result (``x < min < max``),
+        a tensor ``max`` where it is (``x > max``, or ``max < min``)."""
+        if min is None and max is None:
+            raise ValueError("clamp: pass min, max or both")
+        xp = array_module(self.data)
+        lo = None if min is None else (min.data if isinstance(min, Tensor) else min)
+        hi = None if max is None else (max.data if isinstance(max, Tensor) else max)
+        for name, bound in (("min", min), ("max", max)):
+            if isinstance(bound, Tensor) and bound.dtype != self.dtype:
+                raise TypeError(f"clamp: {name} has dtype {bound.dtype} but the input {self.dtype}; "
+                                f"cast one first, e.g. {name}.astype({str(self.dtype)!r})")
+        x = self.data
+        value = x if lo is None else xp.maximum(x, lo)
+        value = value if hi is None else xp.minimum(value, hi)
+        inside = xp.ones(np.shape(value), dtype=bool)
+        if lo is not None:
+            inside = inside & (x >= lo)
+        if hi is not None:
+            inside = inside & (x <= hi)
+        out = where(inside, self, self._constant(value))
+        if isinstance(min, Tensor) and min.requires_grad:
+            out = where((x < lo) & (lo < hi) if hi is not None else x < lo, min, out)
+        if isinstance(max, Tensor) and max.requires_grad:
+            out = where((x > hi) | (hi < lo) if lo is not None else x > hi, max, out)
+        return out
+
+    clip = clamp
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The minimum over axes (the values, as numpy's ``min`` and PyTorch's ``amin``); tied
+        minima share the gradient equally."""
+        axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
+        if self.numel() == 0:
+            raise ValueError(f"min: cannot reduce an empty tensor of shape {self.shape}")
+        return -((-self).max(axis=axis, keepdims=keepdims))
+
+    def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The index of the largest element along ``axis`` (of the flattened tensor when
+        None), the first on ties, as an int64 tensor with no gradient."""
+        return self._arg("argmax", axis, keepdims, dim, keepdim)
+
+    def argmin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The index of the smallest element along ``axis`` (see ``argmax``)."""
+        return self._arg("argmin", axis, keepdims, dim, keepdim)
+
+    def _arg(self, name, axis, keepdims, dim, keepdim):
+        axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
+        xp = array_module(self.data)
+        if self.numel() == 0:
+            raise ValueError(f"{name}: an empty tensor (shape {self.shape}) has no {name[3:]}imum")
+        if axis is not None:
+            axis = _axis(name, axis, max(self.ndim, 1))
+        if self.ndim == 0:
+            return Tensor._wrap(xp.zeros((), dtype=np.int64), False)
+        out = getattr(xp, name)(self.data, axis=axis, keepdims=keepdims)
+        return Tensor._wrap(xp.asarray(out, dtype=np.int64), False)
+
+    def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """log(sum(exp(x))) over axes, shifted by the maximum so that exp never overflows; its
+        gradient is the softmax over those axes."""
+        axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
+        axes = _ops.reduce.normalize_axes("logsumexp", axis, self.ndim)
+        xp = array_module(self.data)
+        if self.numel():
+            shift = xp.max(self.data, axis=axes, keepdims=True)
+            shift = xp.where(xp.isfinite(shift), shift, 0)  # all -inf (or an inf): no shift
+        else:
+            shift = xp.zeros(_ops.reduce.kept_shape(self.shape, axes), dtype=self.dtype)
+        shift = self._constant(shift)
+        with np.errstate(divide="ignore"):  # the log of an empty sum is -inf, as PyTorch's
+            out = (self - shift).exp().sum(axis=axes, keepdims=True).log() + shift
+        return out if keepdims else out.reshape(tuple(n for i, n in enumerate(self.shape) if i not in axes))
+
+    def var(self, axis=None, unbiased=None, keepdims=False, *, dim=None, keepdim=None, correction=None,
+            ddof=None):
+        """The variance over axes, divided by ``N - correction``. The default ``correction=1``
+        (Bessel's, unbiased) is PyTorch's; numpy's default is ``ddof=0`` (pass ``correction=0``,
+        ``unbiased=False`` or ``ddof=0``). With ``N - correction <= 0`` the result is inf (NaN
+        where all values are equal), as PyTorch's, with a warning."""
+        axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
+        given = [k for k, v in (("unbiased", unbiased), ("correction", correction), ("ddof", ddof))
+                 if v is not None]
+        if len(given) > 1:
+            raise TypeError(f"var: pass one of unbiased, correction and ddof; got {' and '.join(given)}")
+        correction = (1 if unbiased is None or unbiased else 0) if correction is None and ddof is None else (
+            correction if correction is not None else ddof)
+        axes = _ops.reduce.normalize_axes("var", axis, self.ndim)
+        n = 1
+        for a in axes:
+            n *= self.shape[a]
+        centered = self - self.mean(axis=axes, keepdims=True)
+        squares = (centered * centered).sum(axis=axes, keepdims=keepdims)
+        divisor = n - correction
+        if divisor > 0:
+            return squares * (1.0 / divisor)
+        warnings.warn(f"var: {n} values with correction {correction} leave no degrees of freedom; the "
+                      f"result is inf or NaN", RuntimeWarning, stacklevel=2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return squares / self._constant(0.0)
+
+    def std(self, axis=None, unbiased=None, keepdims=False, *, dim=None, keepdim=None, correction=None,
+            ddof=None):
+        """The square root of ``var`` (same arguments). Where it is 0 its gradient is 0, as
+        PyTorch's (not the infinite slope of sqrt at 0)."""
+        axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
+        v = self.var(axis, unbiased, keepdims, correction=correction, ddof=ddof)
+        zero = v.data == 0
+        if not zero.any():
+            return v.sqrt()
+        return where(zero, 0.0, where(zero, 1.0, v).sqrt())
+
+    def flip(self, *dims):
+        """Reverse the order of elements along ``dims`` (``x.flip(0)``, ``x.flip(0, 1)`` or
+        ``x.flip((0, 1))``, as PyTorch)."""
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        if not dims:
+            raise TypeError("flip: pass the axes to reverse, e.g. x.flip(0) or x.flip((0, 1))")
+        axes = _ops.reduce.normalize_axes("flip", dims, self.ndim)
+        if not axes:
+            return self
+        return self[tuple(slice(None, None, -1) if i in axes else slice(None) for i in range(self.ndim))]
+
+    def squeeze(self, dim=None, *, axis=None):
+        """Drop axes of size 1: all of them, or those of ``dim`` (an int or a tuple) that have
+        size 1; others in ``dim`` are left as they are (PyTorch's rule)."""
+        dim = axis if dim is None else dim
+        if dim is None:
+            return self.reshape(tuple(n for n in self.shape if n != 1))
+        axes = _ops.reduce.normalize_axes("squeeze", dim, self.ndim)
+        return self.reshape(tuple(n for i, n in enumerate(self.shape) if not (i in axes and n == 1)))
+
+    def unsqueeze(self, dim):
+        """A new axis of size 1 at position ``dim`` (from -ndim-1 to ndim, as PyTorch)."""
+        d = _axis("unsqueeze", dim, self.ndim + 1)
+        return self.reshape(*self.shape[:d], 1, *self.shape[d:])
+
+    def split(self, split_size_or_sections, dim=0):
+        """Pieces along ``dim``: of ``split_size`` each (the last one smaller), or of the sizes
+        listed; a tuple of tensors, as PyTorch's."""
+        d = _axis("split", dim, self.ndim) if self.ndim else _axis("split", dim, 0)
+        total = self.shape[d]
+        if isinstance(split_size_or_sections, (list, tuple)):
+            sizes = [operator.index(n) for n in split_size_or_sections]
+            if any(n < 0 for n in sizes) or sum(sizes) != total:
+                raise ValueError(f"split: sizes {list(sizes)} must be non-negative and add up to {total}, the "
+                                 f"size of axis {dim} of a tensor of shape {self.shape}")
+        else:
+            size = operator.index(split_size_or_sections)
+            if size <= 0:
+                raise ValueError(f"split: split_size must be positive; got {size}")
+            sizes = [min(size, total - start) for start in range(0, total, size)] or [0]
+        pieces, start = [], 0
+        for n in sizes:
+            pieces.append(self[(slice(None),) * d + (slice(start, start + n),)])
+            start += n
+        return tuple(pieces)
+
+    def chunk(self, chunks, dim=0):
+        """``chunks`` pieces of equal size along ``dim`` (the last smaller; fewer when the size
+        does not allow that many), as PyTorch's."""
+        chunks = operator.index(chunks)
+        if chunks <= 0:
+            raise ValueError(f"chunk: chunks must be positive; got {chunks}")
+        total = self.shape[_axis("chunk", dim, self.ndim)] if self.ndim else 0
+        return self.split(max(-(-total // chunks), 1), dim)
+
+    def size(self, dim=None):
+        """The shape, or the size of axis ``dim`` (PyTorch's ``x.size(0)``)."""
+        return self.shape if dim is None else self.shape[_axis("size", dim, self.ndim)]
+
+    def dim(self):
+        """The number of axes (PyTorch's ``x.dim()``, numpy's ``ndim``)."""
+        return self.ndim
+
 
 def _torch_names(axis, keepdims, dim, keepdim):
     """Accept PyTorch's ``dim``/``keepdim`` spellings beside numpy's ``axis``/``keepdims``."""
@@ -749,6 +993,32 @@ def _torch_names(axis, keepdims, dim, keepdim):
     if keepdim is not None:
         keepdims = keepdim
     return axis, bool(keepdims)
+
+
+def _axis(name, axis, ndim):
+    """One axis in ``[-ndim, ndim)`` as a non-negative int, or an error naming ``name``."""
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name}: the axis must be an int; got {axis!r}") from None
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{name}: axis {a} is out of range for {ndim} axes (expected {-ndim} to {ndim - 1})")
+    return a % ndim
+
+
+def where(condition, input, other):
+    """``input`` where ``condition`` (a bool tensor or array) holds, ``other`` elsewhere; all
+    three broadcast (``torch.where``). Numbers take the other operand's dtype; gradients flow
+    to whichever operand was chosen, elementwise."""
+    cond = condition.data if isinstance(condition, Tensor) else condition
+    cond = cond if is_array(cond) else np.asarray(cond)
+    if cond.dtype != bool:
+        raise TypeError(f"where: the condition must be a bool tensor or array (e.g. x > 0); got dtype {cond.dtype}")
+    if not isinstance(input, Tensor) and not isinstance(other, Tensor):
+        input, other = Tensor(input), Tensor(other)
+    a = input if isinstance(input, Tensor) else other._lift(input)
+    b = other if isinstance(other, Tensor) else input._lift(other)
+    return _ops.Where.apply(a, b, condition=cond)
 
 
 def _unwrap_index(index):

@@ -275,7 +275,7 @@ def build_model(cfg: Config, image_shape):
 
 def uses_batch_statistics(model) -> bool:
     """True when a layer mixes the examples of a batch (BatchNorm in training mode)."""
-    return any(isinstance(m, tc.nn.BatchNorm2d) for m in model.modules())
+    return any(isinstance(m, tc.nn._BatchNorm) for m in model.modules())  # BatchNorm1d and 2d
 
 
 def check_micro_batching(cfg: Config, model):

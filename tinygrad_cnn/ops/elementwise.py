@@ -224,3 +224,77 @@ class Cast(Op):
 
     def label(self):
         return f"to {np.dtype(self.params['dtype']).name}"
+
+
+@register
+class PowTensor(Op):
+    """``x ** y`` with a tensor exponent (both broadcast). A primitive rather than
+    ``exp(y * log(x))``: that composite is NaN for a negative base, where numpy's power gives
+    ``(-2) ** 3 = -8``, and its gradient is NaN at a zero base. The VJP is PyTorch's:
+    ``y * x ** (y - 1)`` for x (0 where x and y are 0) and ``out * log(x)`` for y (0 where x is 0
+    and y >= 0; NaN for a negative base, whose power is not differentiable in y)."""
+
+    name = "pow_tensor"
+
+    def forward(self, x, y):
+        _broadcast_shape(self.name, x, y)
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 ** -1 is inf, (-1) ** 0.5 NaN: as PyTorch
+            return array_module(x).power(x, y)
+
+    def backward(self, g):
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 * inf where the masks below apply
+            return self._grads(g)
+
+    def _grads(self, g):
+        x, y = self.parents
+        need_x, need_y = self.needs_input_grad
+        gx = gy = None
+        if need_x:
+            # y * x ** (y - 1) is 0 * inf at x = y = 0; elsewhere y = 0 gives 0 on its own (and keeps
+            # the derivative in y, which masking every y = 0 would lose)
+            gx = where_constant((y.data == 0) & (x.data == 0), 0.0, g * (y * PowTensor.apply(x, y - 1)))
+        if need_y:
+            flat = (x.data == 0) & (y.data >= 0)  # 0 ** y is constant in y there
+            safe_x = where_constant(flat, 1.0, x) if flat.any() else x
+            gy = where_constant(flat, 0.0, g * (self.output * safe_x.log()))
+        return gx, gy
+
+    def label(self):
+        return ""
+
+
+def where_constant(condition, value, t):
+    """``value`` (a number) where ``condition`` holds, ``t`` elsewhere; no op when it never does."""
+    if not condition.any():
+        return t
+    return Where.apply(_constant(t.data, value), t, condition=condition)
+
+
+@register
+class Where(Op):
+    """``a`` where ``condition`` holds, else ``b`` (numpy's ``where``; all three broadcast).
+    The condition is a constant (a bool array parameter), so the VJP routes ``g`` by it:
+    ``where(c, g, 0)`` to ``a`` and ``where(c, 0, g)`` to ``b``. Linear in ``a`` and ``b``, so
+    its VJP's VJP is ``where`` again. A primitive rather than ``a * c + b * (1 - c)``: that
+    product turns an infinity in the branch not taken (``exp(1000)`` where ``x > 0``) into NaN."""
+
+    name = "where"
+
+    def forward(self, a, b, condition):
+        xp = array_module(a, b)
+        try:
+            np.broadcast_shapes(np.shape(condition), a.shape, b.shape)
+        except ValueError:
+            raise ValueError(f"where: the condition's shape {np.shape(condition)} and the operands' shapes "
+                             f"{a.shape} and {b.shape} do not broadcast") from None
+        return xp.where(condition, a, b)
+
+    def backward(self, g):
+        c = self.params["condition"]
+        need_a, need_b = self.needs_input_grad
+        zero = _constant(g.data, 0.0)
+        return (Where.apply(g, zero, condition=c) if need_a else None,
+                Where.apply(zero, g, condition=c) if need_b else None)
+
+    def label(self):
+        return ""

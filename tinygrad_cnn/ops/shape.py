@@ -191,3 +191,37 @@ class Pad(Op):
     def label(self):
         value = self.params.get("value")
         return f"pad={_short(self.params['pad_width'])}" + (f" value={value:g}" if value else "")
+
+
+@register
+class Concatenate(Op):
+    """Join tensors along an existing ``axis`` (numpy's concatenate, PyTorch's cat). A
+    primitive because the composite, each input padded to the full size and the pads added,
+    costs one full-size pass per input; this is one copy. Its VJP slices the gradient back
+    into the pieces (``getitem``)."""
+
+    name = "cat"
+
+    def forward(self, *arrays, axis=0):
+        first = arrays[0]
+        for i, a in enumerate(arrays):
+            if a.ndim == 0:
+                raise ValueError(f"cat: a 0-d tensor (input {i}) cannot be concatenated; stack them, or "
+                                 f"reshape each to shape (1,)")
+            if a.ndim != first.ndim or any(n != m for k, (n, m) in enumerate(zip(a.shape, first.shape))
+                                           if k != axis):
+                raise ValueError(f"cat: input {i} has shape {a.shape} but input 0 has {first.shape}; all sizes "
+                                 f"but that of axis {axis} must match")
+        return array_module(*arrays).concatenate(arrays, axis=axis)
+
+    def backward(self, g):
+        axis = self.params.get("axis", 0)
+        grads, start = [], 0
+        for p, need in zip(self.parents, self.needs_input_grad):
+            stop = start + p.shape[axis]
+            grads.append(g[(slice(None),) * axis + (slice(start, stop),)] if need else None)
+            start = stop
+        return tuple(grads)
+
+    def label(self):
+        return f"axis={self.params.get('axis', 0)}"
