@@ -154,20 +154,23 @@ def jacobian(func, inputs, create_graph=False):
     small outputs only."""
     leaves, single = _as_leaves("jacobian", inputs, create_graph)
     out = _call("jacobian", func, leaves)
+    return _result(_jacobian_of(out, leaves, create_graph), single)
+
+
+def _jacobian_of(out, leaves, create_graph):
+    """The blocks d out / d leaf, one vector-Jacobian product per element of ``out``."""
     xp = array_module(out.data)
     rows = [[] for _ in leaves]
     for k in range(out.numel()):
         e = xp.zeros(out.numel(), dtype=out.dtype)
         e[k] = 1
+        gs = [None] * len(leaves)
         if out.requires_grad:
             gs = grad(out, leaves, e.reshape(out.shape), retain_graph=True, create_graph=create_graph,
                       allow_unused=True)
-        else:
-            gs = [None] * len(leaves)
         for r, g in zip(rows, _zeros_for(gs, leaves)):
             r.append(g)
-    jac = [_stack(r, out.shape, t.shape, create_graph) for r, t in zip(rows, leaves)]
-    return _result(jac, single)
+    return [_stack(r, out.shape, t.shape, create_graph) for r, t in zip(rows, leaves)]
 
 
 def _stack(parts, out_shape, in_shape, create_graph):
@@ -196,6 +199,10 @@ def hessian(func, inputs, create_graph=False):
     if not out.requires_grad:
         blocks = [[Tensor(np.zeros(a.shape + b.shape, dtype=a.dtype)) for b in leaves] for a in leaves]
         return blocks[0][0] if single else tuple(tuple(r) for r in blocks)
+    with enable_grad():
+        gs = _zeros_for(grad(out, leaves, create_graph=True, allow_unused=True), leaves)
+    blocks = [_jacobian_of(g, leaves, create_graph) for g in gs]  # the Jacobian of the gradient
+    return blocks[0][0] if single else tuple(tuple(r) for r in blocks)
     with enable_grad():
         gs = _zeros_for(grad(out, leaves, create_graph=True, allow_unused=True), leaves)
     blocks = []
