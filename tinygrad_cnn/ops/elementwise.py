@@ -238,11 +238,11 @@ class PowTensor(Op):
 
     def forward(self, x, y):
         _broadcast_shape(self.name, x, y)
-        with np.errstate(divide="ignore", invalid="ignore"):  # 0 ** -1 is inf, (-1) ** 0.5 NaN: as PyTorch
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # 0 ** -1 is inf, (-1) ** 0.5 NaN: as PyTorch
             return array_module(x).power(x, y)
 
     def backward(self, g):
-        with np.errstate(divide="ignore", invalid="ignore"):  # 0 * inf where the masks below apply
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # 0 * inf where masked below
             return self._grads(g)
 
     def _grads(self, g):
