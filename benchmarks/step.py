@@ -50,7 +50,7 @@ def make_ours(name, batch, dtype, micro_batch=0, micro_threads=2, seed=0):
     model = MODELS[name]()
     model.astype(dtype)
     opt = tc.optim.Adam(model.parameters(), lr=1e-3)
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]  # airbench freezes some
     sync_batch_norm = uses_batch_statistics(model)  # micro-batches as shards, as the training script runs them
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 3, 32, 32)).astype(dtype)

@@ -57,4 +57,9 @@ def torch_model(name):
                 x = tnn.functional.relu(x) if i < 2 else x
             return x
 
+    if name in ("airbench94", "airbench93"):  # benchmarks/airbench_torch.py: the recipe's reference
+        from benchmarks.airbench_torch import make_net
+        from train.airbench import RECIPES
+
+        return make_net(RECIPES[name].widths)
     return {"seed_cnn": Seed, "fast_cnn": Fast, "fc": FC}[name]()

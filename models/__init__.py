@@ -3,7 +3,9 @@ the training scripts accept to constructors."""
 from .seed_cnn import SeedCNN
 from .fc_baseline import FCBaseline
 from .fast_cnn import FastCNN
+from .airbench import Airbench94, Airbench93
 
-MODELS = {"seed_cnn": SeedCNN, "fc": FCBaseline, "fast_cnn": FastCNN}
+MODELS = {"seed_cnn": SeedCNN, "fc": FCBaseline, "fast_cnn": FastCNN, "airbench94": Airbench94,
+          "airbench93": Airbench93}
 
-__all__ = ["SeedCNN", "FCBaseline", "FastCNN", "MODELS"]
+__all__ = ["SeedCNN", "FCBaseline", "FastCNN", "Airbench94", "Airbench93", "MODELS"]

@@ -10,7 +10,7 @@ import pytest
 
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor, manual_seed, optim
-from models import MODELS, FastCNN, FCBaseline, SeedCNN
+from models import MODELS, Airbench93, Airbench94, FastCNN, FCBaseline, SeedCNN
 from models.seed_cnn import seed_init
 from benchmarks.torch_twins import torch_model
 
@@ -23,7 +23,8 @@ def _images(n=4, c=3, size=32, seed=0, dtype=np.float32):
 
 
 def test_models_registry():
-    assert MODELS == {"seed_cnn": SeedCNN, "fc": FCBaseline, "fast_cnn": FastCNN}
+    assert MODELS == {"seed_cnn": SeedCNN, "fc": FCBaseline, "fast_cnn": FastCNN, "airbench94": Airbench94,
+                      "airbench93": Airbench93}
 
 
 def test_seed_cnn_has_exactly_136874_parameters_and_the_seed_layers():
@@ -120,17 +121,21 @@ def test_every_parameter_gets_a_gradient_and_conv_filters_change(name):
     loss = F.cross_entropy(m(x), y)
     loss.backward()
     for pname, p in m.named_parameters():
+        if not p.requires_grad:  # frozen (airbench's whitening filters and BatchNorm scales)
+            assert p.grad is None, pname
+            continue
         assert p.grad is not None and p.grad.shape == p.shape, pname
         assert np.isfinite(p.grad.data).all(), pname
         assert np.abs(p.grad.data).max() > 0, pname
     for mod_name, mod in m.named_modules():
-        if type(mod).__name__ == "Conv2d":
+        if type(mod).__name__ == "Conv2d" and mod.weight.requires_grad:
             g = np.abs(mod.weight.grad.data).reshape(mod.weight.shape[0], -1).sum(axis=1)
             assert (g > 0).mean() >= 0.9, f"{mod_name}: {(g == 0).sum()} of {g.size} filters got no gradient"
     opt.step()
     after = m.state_dict()
-    for pname, _ in m.named_parameters():
-        assert not np.array_equal(before[pname], after[pname]), f"{pname} did not change after a step"
+    for pname, p in m.named_parameters():
+        changed = not np.array_equal(before[pname], after[pname])
+        assert changed == p.requires_grad, f"{pname}: changed {changed}, requires_grad {p.requires_grad}"
     # and the loss on the same batch goes down after a few steps
     for _ in range(3):
         loss2 = F.cross_entropy(m(x), y)

@@ -34,7 +34,7 @@ from .io import cast_loaded
 from .tensor import Tensor, enable_grad, writing
 from .xp import array_module, is_array
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW",
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "decoupled_sgd_groups",
            "LRScheduler", "LambdaLR", "StepLR", "ConstantLR", "CosineAnnealingLR", "OneCycleLR",
            "clip_grad_norm_"]
 
@@ -464,6 +464,40 @@ class SGD(Optimizer):
                     xp.multiply(g, -lr, out=t)
                     g = t
                 d += g  # p + (-lr) * g, bitwise equal to p - lr * g
+
+
+def decoupled_sgd_groups(groups, lr, weight_decay, momentum, batch_size, reference_batch=1024):
+    """Param groups for ``SGD(..., momentum=momentum, nesterov=True)`` from hyper-parameters in
+    airbench's decoupled form (Jordan 2024, after Page's "How to train your ResNet"), for a
+    loss *summed* over the batch.
+
+    ``lr`` is the step size per ``reference_batch`` examples, independent of the momentum:
+    Nesterov momentum with constant gradients makes steps ``1 + 1 / (1 - momentum)`` times
+    the gradient, so SGD's ``lr`` is ``lr / (reference_batch * (1 + 1/(1 - momentum)))``.
+    ``weight_decay`` is the decay per ``reference_batch`` examples, independent of the lr:
+    SGD's per-step decay ``weight_decay * batch_size / (reference_batch * (1 + 1/(1 - momentum)))``
+    divided by the group's lr. A group's ``"lr_scale"`` entry (default 1) multiplies its lr
+    but not its decay (airbench's 64x for BatchNorm shifts). Returns new dicts (``params``,
+    ``lr``, ``weight_decay`` and any other keys the groups had); the learning-rate schedule
+    then scales every group's lr, and with it the decay, as in airbench."""
+    lr = _real("decoupled_sgd_groups", "lr", lr, lo=0, lo_open=True)
+    weight_decay = _real("decoupled_sgd_groups", "weight_decay", weight_decay, lo=0)
+    momentum = _real("decoupled_sgd_groups", "momentum", momentum, lo=0, hi=1, hi_open=True)
+    batch_size = _count("decoupled_sgd_groups", "batch_size", batch_size)
+    reference_batch = _count("decoupled_sgd_groups", "reference_batch", reference_batch)
+    step_scale = reference_batch * (1 + 1 / (1 - momentum))
+    base_lr = lr / step_scale
+    decay = weight_decay * batch_size / step_scale
+    out = []
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict) or "params" not in g:
+            raise TypeError(f"decoupled_sgd_groups: group {i} must be a dict with 'params'; got {type(g).__name__}")
+        g = dict(g)
+        scale = _real("decoupled_sgd_groups", f"lr_scale of group {i}", g.pop("lr_scale", 1.0), lo=0, lo_open=True)
+        g["lr"] = base_lr * scale
+        g["weight_decay"] = decay / g["lr"]
+        out.append(g)
+    return out
 
 
 # ---------------------------------------------------------------------------------- Adam

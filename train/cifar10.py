@@ -42,6 +42,8 @@ from tinygrad_cnn.data.download import show_progress
 from tinygrad_cnn.io import CheckpointError, atomic_write, load_state, save_state
 from models import MODELS
 from models.seed_cnn import seed_init
+from train import airbench
+from train.airbench import RECIPES as AIRBENCH_RECIPES
 from train.budget import Budget
 from train.distributed import DISTRIBUTED_HELP, LaunchError, SingleProcess, team_from_args
 
@@ -76,6 +78,12 @@ DEFAULTS = {
     "fc": dict(optimizer="adam", lr=1e-3, schedule="onecycle", batch_size=128, weight_decay=0.0,
                augment=False, label_smoothing=0.0, epochs=5),
 }
+# The airbench recipes (train/airbench.py): lr and weight decay in airbench's decoupled form,
+# epochs None = the recipe's own (9.9 / 11); the batch runs as two synchronised shards.
+for _name in AIRBENCH_RECIPES:
+    DEFAULTS[_name] = dict(optimizer="sgd", lr=11.5, schedule="airbench", batch_size=1024, weight_decay=0.0153,
+                           momentum=0.85, nesterov=True, augment=True, label_smoothing=0.2, epochs=None,
+                           micro_batch=PER_THREAD, micro_threads=2, tta_level=2)
 # The seed project's recipe, for a like-for-like baseline: batch 1000, plain gradient descent
 # at lr 1e-3, its initialisation, pixels scaled to [0, 1], no augmentation, no normalisation.
 # Its batch of 1000 is summed over four micro-batches of 250, two at a time (the same
@@ -112,6 +120,8 @@ class Config:
     micro_threads: int = 1    # micro-batches run at once (see tinygrad_cnn.parallel)
     eval_batch_size: int = 1000
     progress: bool = True
+    tta_level: int = 0        # test-time augmentation of the final evaluation (airbench recipes)
+    epoch_eval: bool = True   # evaluate on the test set after every epoch (else after the last only)
 
 
 def _defaults_epilog():
@@ -156,6 +166,10 @@ def build_parser():
     p.add_argument("--micro-threads", type=int, help="micro-batches run at once, one per core")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: only when stderr is a terminal, so a log stays readable)")
+    p.add_argument("--tta-level", type=int, choices=[0, 1, 2], help="test-time augmentation of the final "
+                   "evaluation: 0 none, 1 mirror, 2 mirror + translate (airbench recipes; default 2)")
+    p.add_argument("--epoch-eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate after every epoch (airbench recipes; --no-epoch-eval: after the last only)")
     p.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None, help=DISTRIBUTED_HELP)
     return p
 
@@ -211,7 +225,8 @@ def check_config(cfg: Config):
     """Every setting in range before anything starts (NaN, infinities, zero or negative
     counts would otherwise train on NaN, divide by zero, or report accuracy 0), named by its
     flag. Settings read back from a checkpoint go through the same checks."""
-    _whole("--epochs", cfg.epochs, 1)
+    airbench_recipe = cfg.model in AIRBENCH_RECIPES
+    _whole("--epochs", cfg.epochs, 1, optional=airbench_recipe)  # None: the recipe's own
     _whole("--batch-size", cfg.batch_size, 1)
     _whole("--eval-batch-size", cfg.eval_batch_size, 1)
     _whole("--micro-batch", cfg.micro_batch, 0)
@@ -226,10 +241,15 @@ def check_config(cfg: Config):
     _number("--budget", cfg.budget, 0, low_open=True, optional=True, unit=" of seconds")
     for flag, value, choices in (("--model", cfg.model, MODELS), ("--dataset", cfg.dataset, ("cifar10", "fashion-mnist")),
                                  ("--optimizer", cfg.optimizer, ("sgd", "adam", "adamw")),
-                                 ("--schedule", cfg.schedule, ("const", "cosine", "onecycle")),
+                                 ("--schedule", cfg.schedule, ("airbench",) if airbench_recipe else
+                                  ("const", "cosine", "onecycle")),
+                                 ("--tta-level", cfg.tta_level, (0, 1, 2)),
                                  ("--recipe", cfg.recipe, ("default", "seed"))):
         if value not in choices:
-            raise ConfigError(f"{flag} must be one of {', '.join(sorted(choices))}; got {value!r}")
+            raise ConfigError(f"{flag} must be one of {', '.join(map(str, sorted(choices)))}; got {value!r}")
+    if not airbench_recipe and (cfg.tta_level or not cfg.epoch_eval):
+        raise ConfigError("--tta-level and --no-epoch-eval apply to the airbench recipes (--model airbench94 or "
+                          "airbench93)")
 
 
 def resolve_micro_batch(micro_batch, batch_size, threads):
@@ -448,6 +468,10 @@ def run(cfg: Config, log=print, command=None, overwrite=False, interrupt=None, t
     that ends a step or the run (budget, interrupt) is rank 0's, so all ranks take it together."""
     interrupt = interrupt or _StopOnInterrupt.never
     team = team or SingleProcess()
+    if cfg.model in AIRBENCH_RECIPES:  # its own loop: train/airbench.py
+        if team.size > 1:
+            raise ConfigError(f"--model {cfg.model}: the airbench recipes run on one process (no --distributed)")
+        return airbench.run(cfg, log=log, command=command, overwrite=overwrite, interrupt=interrupt)
     cfg = team.agree_config(cfg)  # rank 0's settings: its output directory may be the only one
     log = log if team.is_root else (lambda *args, **kwargs: None)
     check_config(cfg)
@@ -624,7 +648,7 @@ def load_checkpoint(path):
 
 
 # Settings that may change between a run and its resumption without changing the result.
-FREE_ON_RESUME = {"resume", "progress", "out", "data", "eval_batch_size", "epochs"}
+FREE_ON_RESUME = {"resume", "progress", "out", "data", "eval_batch_size", "epochs", "tta_level", "epoch_eval"}
 
 
 def check_resumable(cfg, saved, path):

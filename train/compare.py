@@ -140,7 +140,8 @@ def write_report(runs, path, plot_path):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, s, history in runs:
-        lines.append(f"| {label} | {s['config']['seed']} | {epochs_run(history)} | {pct(s['train_acc'])} | **{pct(s['test_acc'])}** | "
+        tta = f" (TTA {pct(s['tta_test_acc'])})" if s.get("tta_test_acc") is not None else ""  # airbench runs
+        lines.append(f"| {label} | {s['config']['seed']} | {epochs_run(history)} | {pct(s['train_acc'])} | **{pct(s['test_acc'])}**{tta} | "
                      f"{num(s['train_loss'])} | {num(s['test_loss'])} | {s['wall_time']:.0f} s | "
                      f"{s['parameters']:,} | `{s.get('command', '')}` |")
     for r in SEED_REFERENCE:
@@ -151,7 +152,7 @@ def write_report(runs, path, plot_path):
     lines += ["", f"![curves]({Path(plot_path).relative_to(Path(path).parent)})", ""]
     lines += ["## Per-epoch test accuracy", ""]
     for label, _, history in runs:
-        accs = ", ".join(f"{100 * r['test_acc']:.1f}" for r in history)
+        accs = ", ".join("—" if r["test_acc"] is None else f"{100 * r['test_acc']:.1f}" for r in history)
         cut = epoch_positions(history)[-1] < len(history) - 1e-9  # the last epoch saw fewer images
         last = f", the last cut short by the budget after {history[-1]['images']:,} images" if cut else ""
         lines.append(f"- {label}: {accs} (%, epochs 1..{len(history)}{last}; wall {history[-1]['wall_time']:.0f} s)")

@@ -29,9 +29,13 @@ def plot_curves(runs: dict, path, title=None):
     for i, (label, history) in enumerate(runs.items()):
         color = f"C{i}"
         epochs = epoch_positions(history)
-        ax_acc.plot(epochs, [100 * r["test_acc"] for r in history], "-o", color=color, ms=3, label=f"{label} test")
+        # a run may evaluate only some epochs (airbench's --no-epoch-eval): test points where it did
+        tested = [(e, r) for e, r in zip(epochs, history) if r.get("test_acc") is not None]
+        ax_acc.plot([e for e, _ in tested], [100 * r["test_acc"] for _, r in tested], "-o", color=color, ms=3,
+                    label=f"{label} test")
         ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], "--", color=color, label=f"{label} train")
-        ax_loss.plot(epochs, [r["test_loss"] for r in history], "-o", color=color, ms=3, label=f"{label} test")
+        ax_loss.plot([e for e, _ in tested], [r["test_loss"] for _, r in tested], "-o", color=color, ms=3,
+                     label=f"{label} test")
         ax_loss.plot(epochs, [r["train_loss"] for r in history], "--", color=color, label=f"{label} train")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")

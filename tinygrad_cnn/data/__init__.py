@@ -21,7 +21,7 @@ from .fashion_mnist import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_M
                             FASHION_MNIST_DIR, FASHION_MNIST_FILES, find_fashion_mnist, read_idx,
                             load_fashion_mnist)
 from .loader import DataLoader
-from .transforms import Compose, ToFloat, Normalize, RandomCrop, RandomHorizontalFlip
+from .transforms import Compose, ToFloat, Normalize, RandomCrop, RandomHorizontalFlip, AlternatingFlip
 
 __all__ = [
     "DatasetError", "DownloadError", "ArrayDataset", "download_file", "md5sum", "ENV_VAR", "DEFAULT_CACHE_DIR",
@@ -29,5 +29,5 @@ __all__ = [
     "CIFAR10_FILENAME", "find_cifar10", "read_cifar10", "load_cifar10",
     "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_DIR",
     "FASHION_MNIST_FILES", "find_fashion_mnist", "read_idx", "load_fashion_mnist",
-    "DataLoader", "Compose", "ToFloat", "Normalize", "RandomCrop", "RandomHorizontalFlip",
+    "DataLoader", "Compose", "ToFloat", "Normalize", "RandomCrop", "RandomHorizontalFlip", "AlternatingFlip",
 ]

@@ -33,6 +33,8 @@ class DataLoader:
     ``len(loader)`` is the number of batches per epoch; the last one is smaller unless
     ``drop_last``. ``transform(x, rng)`` is applied to each whole batch ``x`` (e.g. uint8 NCHW
     -> float32); without one, ``x`` is returned as stored (a copy, so callers may modify it).
+    A transform with ``uses_position = True`` is called as ``transform(x, rng, indices=...,
+    epoch=...)``: the batch's dataset indices and the epoch's number (0 for the first).
     Each ``iter(loader)`` is a new epoch, with a new permutation when ``shuffle``.
     """
 
@@ -82,7 +84,10 @@ class DataLoader:
                 lo, hi = b * bs, min((b + 1) * bs, n)
                 index = slice(lo, hi) if perm is None else perm[lo:hi]
                 x, y = self.dataset[index]
-                if self.transform is not None:
+                if self.transform is not None and getattr(self.transform, "uses_position", False):
+                    indices = np.arange(lo, hi) if perm is None else perm[lo:hi]
+                    x = self.transform(x, np.random.default_rng((key, b)), indices=indices, epoch=self.epoch - 1)
+                elif self.transform is not None:
                     x = self.transform(x, np.random.default_rng((key, b)))
                 elif perm is None:
                     x = np.array(x, copy=True)

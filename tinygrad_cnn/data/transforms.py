@@ -9,6 +9,11 @@ called without one, a transform draws from the framework's default generator
 
 Random transforms keep the input dtype, so crop and flip can run on uint8 (4x less memory
 traffic) before ``Normalize`` / ``ToFloat`` turn the batch into float32.
+
+A transform whose result depends on *which* images it gets and in which epoch (such as
+:class:`AlternatingFlip`) sets ``uses_position = True``; the loader then calls it as
+``t(x, rng, indices=..., epoch=...)`` with the images' dataset indices and the epoch number,
+and :class:`Compose` passes them on to such members.
 """
 from __future__ import annotations
 
@@ -40,14 +45,16 @@ def _to_unit_float(x: np.ndarray) -> np.ndarray:
 
 
 class Compose:
-    """Apply transforms in order, passing each the same ``rng``."""
+    """Apply transforms in order, passing each the same ``rng`` (and, to the members that use
+    them, the batch's dataset ``indices`` and ``epoch``)."""
 
     def __init__(self, transforms: Iterable[Callable]):
         self.transforms = list(transforms)
+        self.uses_position = any(getattr(t, "uses_position", False) for t in self.transforms)
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None, **position) -> np.ndarray:
         for t in self.transforms:
-            x = t(x, rng)
+            x = t(x, rng, **position) if getattr(t, "uses_position", False) else t(x, rng)
         return x
 
     def __repr__(self) -> str:
@@ -107,22 +114,29 @@ class Normalize:
 
 
 class RandomCrop:
-    """Zero-pad each side by ``padding``, then crop a ``size`` window at a random offset per image.
+    """Pad each side by ``padding``, then crop a ``size`` window at a random offset per image.
 
     Every image in the batch gets its own offset, drawn uniformly from all valid positions. The
     crop is one gather over a ``sliding_window_view`` of the padded batch (no per-image loop).
     With ``padding=0`` and ``size`` equal to the image size it is the identity.
+    ``padding_mode`` is torchvision's: ``"constant"`` (zeros, the default), ``"edge"``,
+    ``"reflect"`` (mirror without repeating the edge pixel: a random translation that invents
+    no flat border, as airbench's) or ``"symmetric"`` (mirror repeating it).
     """
 
     random = True
+    PADDING_MODES = ("constant", "edge", "reflect", "symmetric")
 
-    def __init__(self, size: int | tuple[int, int] = 32, padding: int = 4):
+    def __init__(self, size: int | tuple[int, int] = 32, padding: int = 4, padding_mode: str = "constant"):
         self.size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be a positive int or (h, w), got {size!r}")
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
+        if padding_mode not in self.PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(self.PADDING_MODES)}; got {padding_mode!r}")
         self.padding = int(padding)
+        self.padding_mode = padding_mode
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         x = np.asarray(x)
@@ -136,9 +150,14 @@ class RandomCrop:
         rng = _rng(rng)
         oy = rng.integers(0, hp - ch + 1, size=n)
         ox = rng.integers(0, wp - cw + 1, size=n)
-        if p:
+        if p and self.padding_mode == "constant":
             padded = np.zeros((n, c, hp, wp), dtype=x.dtype)
             padded[:, :, p:p + h, p:p + w] = x
+        elif p:
+            if self.padding_mode == "reflect" and p >= min(h, w):
+                raise ValueError(f"RandomCrop: reflect padding of {p} needs images larger than {p} pixels; "
+                                 f"got {h}x{w}")
+            padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode=self.padding_mode)
         else:
             padded = x
         windows = sliding_window_view(padded, (ch, cw), axis=(2, 3))  # (n, c, hp-ch+1, wp-cw+1, ch, cw)
@@ -146,7 +165,8 @@ class RandomCrop:
         return windows[np.arange(n), :, oy, ox]
 
     def __repr__(self) -> str:
-        return f"RandomCrop(size={self.size}, padding={self.padding})"
+        mode = "" if self.padding_mode == "constant" else f", padding_mode={self.padding_mode!r}"
+        return f"RandomCrop(size={self.size}, padding={self.padding}{mode})"
 
 
 class RandomHorizontalFlip:
@@ -170,3 +190,46 @@ class RandomHorizontalFlip:
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
+
+
+class AlternatingFlip:
+    """Derandomised horizontal flips (airbench's "alternating flip", Jordan 2024): each image
+    is mirrored in every other epoch, so that over any two consecutive epochs the network sees
+    it both ways, instead of a fresh coin per image and epoch.
+
+    Image ``i`` is mirrored in epoch ``e`` when ``bit(i) XOR (e odd)``, where ``bit(i)`` is a
+    fixed fair coin per dataset index (a hash of ``seed`` and ``i``, so no table is kept and a
+    resumed run flips the same images). The loader supplies ``indices`` and ``epoch`` (see the
+    module docstring); called without them, every image counts as index ``0..N-1`` of epoch 0.
+    """
+
+    random = True
+    uses_position = True
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def first_epoch_bits(self, indices: np.ndarray) -> np.ndarray:
+        """Whether each dataset index is mirrored in even epochs (epoch 0, 2, ...)."""
+        with np.errstate(over="ignore"):  # splitmix64: wraps modulo 2**64 by design
+            z = np.asarray(indices, dtype=np.uint64) + np.uint64(self.seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z ^= z >> np.uint64(31)
+        return (z >> np.uint64(63)).astype(bool)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None, *, indices=None,
+                 epoch: int = 0) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim < 2:
+            raise ValueError(f"AlternatingFlip expects a batch (N, ..., W), got shape {x.shape}")
+        indices = np.arange(x.shape[0]) if indices is None else np.asarray(indices)
+        if indices.shape != (x.shape[0],):
+            raise ValueError(f"AlternatingFlip: indices must have shape ({x.shape[0]},); got {indices.shape}")
+        flip = self.first_epoch_bits(indices) ^ bool(int(epoch) % 2)
+        out = x.copy()
+        out[flip] = x[flip, ..., ::-1]
+        return out
+
+    def __repr__(self) -> str:
+        return f"AlternatingFlip(seed={self.seed})"
