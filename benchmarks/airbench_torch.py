@@ -210,6 +210,9 @@ def train(model="airbench94", epochs=None, seed=0, threads=2, data=None, limit_t
     train_images, test_images = normalize(train_set.images), normalize(test_set.images)
     train_labels, test_labels = torch.from_numpy(train_set.labels), torch.from_numpy(test_set.labels)
     loader = Loader(train_images, train_labels, batch_size, recipe.translate, g)
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_labels)} training images make no full batch of {batch_size} (the recipe "
+                         f"drops incomplete batches); lower --batch-size or raise --limit-train")
     steps_total = total_steps(len(loader), epochs)
 
     net = make_net(recipe.widths, bn_momentum=recipe.bn_momentum, logit_scale=recipe.logit_scale)
@@ -266,7 +269,7 @@ def train(model="airbench94", epochs=None, seed=0, threads=2, data=None, limit_t
     return {"model": model, "seed": seed, "threads": threads, "epochs": epochs, "steps": steps,
             "batch_size": batch_size, "test_acc": plain, "tta_level": tta_level, "tta_test_acc": tta,
             "train_time": train_time, "wall_time": wall, "median_step_s": statistics.median(step_times),
-            "history": history, "torch": torch.__version__, "epoch_eval": epoch_eval}
+            "history": history, "torch": torch.__version__, "epoch_eval": epoch_eval, "step_times": step_times}
 
 
 def main(argv=None):
@@ -284,8 +287,20 @@ def main(argv=None):
     p.add_argument("--tta-level", type=int, choices=[0, 1, 2])
     p.add_argument("--epoch-eval", action="store_true", help="evaluate after every epoch (counted in the wall time)")
     p.add_argument("--eval-batch-size", type=int, default=2000)
+    p.add_argument("--reuse-freed-memory", action="store_true",
+                   help="glibc malloc keeps freed large blocks (tinygrad_cnn.allocator.reuse_freed_memory, as our "
+                        "training script does); default: PyTorch as it comes")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    for flag, value in (("--epochs", args.epochs), ("--threads", args.threads), ("--batch-size", args.batch_size),
+                        ("--limit-train", args.limit_train), ("--limit-test", args.limit_test),
+                        ("--eval-batch-size", args.eval_batch_size)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            p.error(f"{flag} must be a positive number; got {value}")
+    if args.reuse_freed_memory:
+        from tinygrad_cnn.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -296,7 +311,7 @@ def main(argv=None):
     try:
         r = train(args.model, args.epochs, args.seed, args.threads, args.data, args.limit_train, args.limit_test,
                   args.batch_size, args.tta_level, args.epoch_eval, args.eval_batch_size)
-    except (DatasetError, OSError) as e:
+    except (DatasetError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\n{r['model']} (PyTorch {r['torch']}, {r['threads']} threads, seed {r['seed']}): "

@@ -576,3 +576,45 @@ def test_cli_refuses_what_the_recipe_cannot_do(tmp_path, capsys):
             cfg.epochs, cfg.micro_batch) == (1024, 11.5, 0.85, 0.0153, 0.2, 2, None, 512)
     with pytest.raises(cli.ConfigError, match="no full batch"):
         airbench.run(dataclasses.replace(cfg, limit_train=100), datasets=(_fabricated(100, 0), _fabricated(10, 1)))
+
+
+# ------------------------------------------------------------------------ the PyTorch reference and speed tools
+
+
+def _archive():
+    from tinygrad_cnn.data import find_cifar10
+
+    for where in (None, "/work/shared/data/cifar-10-binary.tar.gz", "../shared/data/cifar-10-binary.tar.gz"):
+        try:
+            return find_cifar10(where, download=False)
+        except (FileNotFoundError, OSError, ValueError):
+            continue
+    return None
+
+
+def test_torch_reference_runs_the_recipe_on_the_archive(tmp_path, capsys):
+    pytest.importorskip("torch")
+    archive = _archive()
+    if archive is None:
+        pytest.skip("CIFAR-10 binary archive not available")
+    from benchmarks import airbench_torch
+
+    out = tmp_path / "ref.json"
+    assert airbench_torch.main(["--model", "airbench93", "--data", str(archive), "--epochs", "1.5", "--batch-size",
+                                "128", "--limit-train", "256", "--limit-test", "32", "--threads", "1",
+                                "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["steps"] == 3 and r["epochs"] == 1.5 and len(r["history"]) == 2  # ceil(2 * 1.5) steps
+    assert 0 <= r["test_acc"] <= 1 and 0 <= r["tta_test_acc"] <= 1 and r["tta_level"] == 2
+    assert r["wall_time"] >= r["train_time"] > 0
+    assert "with TTA level 2" in capsys.readouterr().out
+
+
+def test_layer_comparison_runs(capsys):
+    pytest.importorskip("torch")
+    from benchmarks import airbench_speed
+
+    ours, theirs = airbench_speed.layers("airbench93", batch=2, reps=1)
+    assert ours > 0 and theirs > 0
+    text = capsys.readouterr().out
+    assert "GELU 64 @15" in text and "the network (sum)" in text

@@ -35,8 +35,6 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import data, optim, rng, tta
@@ -101,7 +99,7 @@ def normalize_images(images, mean, std):
     return data.Normalize(mean, std)(images)
 
 
-def build_optimizer(model, recipe: Recipe, batch_size):
+def build_optimizer(model, recipe: Recipe, batch_size, nesterov=True):
     """SGD, Nesterov, two groups: BatchNorm shifts (lr x ``bias_lr_scale``), and every other
     trainable parameter (conv and head weights, the whitening bias)."""
     from models.airbench import batch_norm_biases
@@ -112,12 +110,15 @@ def build_optimizer(model, recipe: Recipe, batch_size):
     groups = optim.decoupled_sgd_groups([{"params": biases, "lr_scale": recipe.bias_lr_scale},
                                          {"params": others}], recipe.lr, recipe.weight_decay,
                                         recipe.momentum, batch_size)
-    return optim.SGD(groups, lr=groups[1]["lr"], momentum=recipe.momentum, nesterov=True)
+    return optim.SGD(groups, lr=groups[1]["lr"], momentum=recipe.momentum, nesterov=nesterov)
 
 
-def train_transform(recipe: Recipe, seed, mean, std, size):
+def train_transform(recipe: Recipe, seed, mean, std, size, augment=True):
+    """Reflect-padded random translation and alternating flips (unless ``augment`` is off),
+    then normalisation."""
     steps = [data.RandomCrop(size, padding=recipe.translate, padding_mode="reflect")] if recipe.translate else []
-    return data.Compose(steps + [data.AlternatingFlip(seed), data.Normalize(mean, std)])
+    steps = steps + [data.AlternatingFlip(seed)] if augment else []
+    return data.Compose(steps + [data.Normalize(mean, std)])
 
 
 def evaluate(model, images, labels, level, batch_size):
@@ -153,7 +154,7 @@ def _setup(cfg, recipe, datasets):
     mean, std = data.CIFAR10_MEAN, data.CIFAR10_STD
     channels, size = train_set.images.shape[1], train_set.images.shape[-1]
     loader = data.DataLoader(train_set, cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                             transform=train_transform(recipe, cfg.seed, mean, std, size))
+                             transform=train_transform(recipe, cfg.seed, mean, std, size, cfg.augment))
     epochs = recipe.epochs if cfg.epochs is None else cfg.epochs
     steps_total = total_steps(len(loader), epochs)
     net = dict(in_channels=channels, image_size=size, bn_momentum=recipe.bn_momentum, logit_scale=recipe.logit_scale)
@@ -163,7 +164,7 @@ def _setup(cfg, recipe, datasets):
     model.init_whitening(normalize_images(train_set.images[:recipe.whiten_images], mean, std), recipe.whiten_eps)
     recipe = dataclasses.replace(recipe, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                  label_smoothing=cfg.label_smoothing)  # the flags' values (default: airbench's)
-    optimizer = build_optimizer(model, recipe, cfg.batch_size)
+    optimizer = build_optimizer(model, recipe, cfg.batch_size, nesterov=cfg.nesterov)
     schedule = optim.LambdaLR(optimizer, functools.partial(lr_factor, total_steps=steps_total, warmup=recipe.warmup,
                                                            start=recipe.lr_start, end=recipe.lr_end))
     lookahead = Lookahead(model, every=recipe.lookahead_every,
