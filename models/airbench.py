@@ -15,23 +15,13 @@ them (optimizer groups, lookahead, augmentation, TTA) is in ``train/airbench.py`
 """
 from __future__ import annotations
 
-import math
-
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import init, nn
 from tinygrad_cnn.tensor import Tensor
 
 WHITEN_KERNEL = 2
 
-
-# TEMPORARY (issue 15 adds F.gelu): GELU's tanh approximation composed from primitives, used
-# only while functional.py has no gelu. Remove once F.gelu (exact, erf-based) is merged.
-def _gelu(x):
-    inner = (x + x * x * x * 0.044715) * math.sqrt(2.0 / math.pi)
-    return x * (inner.tanh() + 1.0) * 0.5
-
-
-gelu = getattr(F, "gelu", None) or _gelu
+gelu = F.gelu  # exact (erf), as airbench's nn.GELU()
 
 
 def frozen_scale_batch_norm(channels, momentum):
