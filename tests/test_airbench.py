@@ -581,14 +581,11 @@ def test_cli_refuses_what_the_recipe_cannot_do(tmp_path, capsys):
 
 
 def _archive():
-    from tinygrad_cnn.data import find_cifar10
+    """The archive where test_train looks for it: $TINYGRAD_CNN_DATA or the cache, else
+    ``shared/data/`` beside the clone (where CI has it); None when absent."""
+    from test_train import _find_archive
 
-    for where in (None, "/work/shared/data/cifar-10-binary.tar.gz", "../shared/data/cifar-10-binary.tar.gz"):
-        try:
-            return find_cifar10(where, download=False)
-        except (FileNotFoundError, OSError, ValueError):
-            continue
-    return None
+    return _find_archive()
 
 
 def test_torch_reference_runs_the_recipe_on_the_archive(tmp_path, capsys):
