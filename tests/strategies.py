@@ -71,6 +71,69 @@ def geometry_example(shape, kernel, stride, padding):
             "out": ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)}
 
 
+def _pool_out(size, k, s, before, after, d, ceil_mode):
+    span = (k - 1) * d + 1
+    out = (size + before + after - span + (s - 1 if ceil_mode else 0)) // s + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= size + before else out
+
+
+@st.composite
+def pool_geometry(draw, kind="max", max_batch=2, max_channels=2, max_kernel=4, max_stride=3, max_dilation=2,
+                  max_extra=3):
+    """A valid pooling window over a small NCHW input, as PyTorch's pools take it: kernels
+    1..4 (non-square), strides 1..3 or None (the kernel), dilation 1..2 (``kind="max"``
+    only), padding per side up to half the (dilated) kernel given as an int, a pair or a
+    (top, bottom, left, right) tuple, ceil_mode on or off; with ``kind="avg"`` also
+    count_include_pad and divisor_override. Returns a dict: the arguments as passed
+    (``kernel``, ``stride``, ``padding``, ``dilation``, ``ceil_mode``, ...), ``shape``, the
+    resolved ``kernel_hw``, ``stride_hw``, ``padding4``, ``dilation_hw`` and ``out`` (Ho, Wo)."""
+    n, c = draw(st.integers(1, max_batch)), draw(st.integers(1, max_channels))
+    kh, kw = draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))
+    stride = draw(st.none() | st.tuples(st.integers(1, max_stride), st.integers(1, max_stride)))
+    sh, sw = (kh, kw) if stride is None else stride
+    dh, dw = (draw(st.integers(1, max_dilation)), draw(st.integers(1, max_dilation))) if kind == "max" else (1, 1)
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    form = draw(st.sampled_from(["int", "pair", "four"]))
+    if form == "int":
+        p = draw(st.integers(0, min(span_h, span_w) // 2))
+        padding, pads = p, (p, p, p, p)
+    elif form == "pair":
+        ph, pw = draw(st.integers(0, span_h // 2)), draw(st.integers(0, span_w // 2))
+        padding, pads = (ph, pw), (ph, ph, pw, pw)
+    else:
+        pads = tuple(draw(st.integers(0, span // 2)) for span in (span_h, span_h, span_w, span_w))
+        padding = pads
+    ceil_mode = draw(st.booleans())
+    t, b, left, r = pads
+    h = draw(st.integers(max(1, span_h - t - b), max(1, span_h - t - b) + max_extra))
+    w = draw(st.integers(max(1, span_w - left - r), max(1, span_w - left - r) + max_extra))
+    g = {"shape": (n, c, h, w), "kernel": _maybe_int((kh, kw), draw(st.booleans())),
+         "stride": None if stride is None else _maybe_int(stride, draw(st.booleans())), "padding": padding,
+         "dilation": _maybe_int((dh, dw), True), "ceil_mode": ceil_mode,
+         "kernel_hw": (kh, kw), "stride_hw": (sh, sw), "padding4": pads, "dilation_hw": (dh, dw),
+         "out": (_pool_out(h, kh, sh, t, b, dh, ceil_mode), _pool_out(w, kw, sw, left, r, dw, ceil_mode))}
+    if kind == "avg":
+        g["count_include_pad"] = draw(st.booleans())
+        g["divisor_override"] = draw(st.none() | st.sampled_from([1, 3, -2]))
+    return g
+
+
+def pool_example(shape, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+    """A fixed geometry in ``pool_geometry``'s format (for ``@example``)."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    (kh, kw), (dh, dw) = pair(kernel), pair(dilation)
+    sh, sw = (kh, kw) if stride is None else pair(stride)
+    pads = tuple(padding) if isinstance(padding, (tuple, list)) and len(padding) == 4 else \
+        (pair(padding)[0],) * 2 + (pair(padding)[1],) * 2
+    t, b, left, r = pads
+    h, w = shape[2], shape[3]
+    return {"shape": tuple(shape), "kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation,
+            "ceil_mode": ceil_mode, "count_include_pad": count_include_pad, "divisor_override": divisor_override,
+            "kernel_hw": (kh, kw), "stride_hw": (sh, sw), "padding4": pads, "dilation_hw": (dh, dw),
+            "out": (_pool_out(h, kh, sh, t, b, dh, ceil_mode), _pool_out(w, kw, sw, left, r, dw, ceil_mode))}
+
+
 # ----------------------------------------------------------------------------- values
 
 

@@ -198,11 +198,11 @@ def _pool_winners():
     """The winners of a 2x2, stride-1, padding-1 max-pool of a (1, 2, 3, 3) input, and the
     pooling's parameters: what max_pool2d's VJP hands its routing primitives."""
     from tinygrad_cnn.kernels import pool
-    from tinygrad_cnn.ops.conv import window_geometry
+    from tinygrad_cnn.ops.pool import pool_geometry
 
     x = _distinct((1, 2, 3, 3))
-    geometry = window_geometry("max_pool2d", x.shape, 2, 1, 1)
-    _, winners = pool.max_pool2d(x, *geometry)
+    geometry = pool_geometry("max_pool2d", x.shape, 2, 1, 1)
+    _, winners = pool.max_pool2d(x, *geometry.kernel_args)
     return dict(winners=winners, input_shape=x.shape, kernel_size=2, stride=1, padding=1)
 
 
@@ -238,6 +238,9 @@ DTYPE_CASES = {
     "max_pool2d": (lambda a: F.max_pool2d(a, 2, 1, 1), [_distinct((1, 2, 3, 3))]),
     "max_pool2d_backward": (lambda g: ops.MaxPool2dBackward.apply(g, **_POOL), [_vals((1, 2, 4, 4))]),
     "max_pool2d_gather": (lambda h: ops.MaxPool2dGather.apply(h, **_POOL), [_vals((1, 2, 3, 3))]),
+    "avg_pool2d": (lambda a: F.avg_pool2d(a, 2, 1, 1, ceil_mode=True, count_include_pad=False), [_vals((1, 2, 3, 3))]),
+    "avg_pool2d_backward": (lambda g: ops.AvgPool2dBackward.apply(g, input_shape=(1, 2, 5, 4), kernel_size=2),
+                            [_vals((1, 2, 2, 2))]),
     "batch_norm": (lambda x, w, b: F.batch_norm(x, np.zeros(2), np.ones(2), w, b, training=True),
                    [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
     "batch_norm_backward": (lambda g, x, w: ops.BatchNormBackward.apply(g, x, w)[0],  # g_x; others get zeros

@@ -129,13 +129,22 @@ def test_max_pool2d_padding_over_half_the_kernel():
         F.max_pool2d(t(1, 1, 5, 5), 3, padding=2)
 
 
+def test_windows_need_nchw():
+    with pytest.raises(ValueError, match=r"im2col: expects a 4-d NCHW tensor; got shape \(3, 4, 4\)"):
+        F.im2col(t(3, 4, 4), 2)
+
+
 @pytest.mark.parametrize("name, call", [
-    ("im2col", lambda x: F.im2col(x, 2)),
     ("max_pool2d", lambda x: F.max_pool2d(x, 2)),
+    ("avg_pool2d", lambda x: F.avg_pool2d(x, 2)),
+    ("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, 2)),
+    ("adaptive_max_pool2d", lambda x: F.adaptive_max_pool2d(x, 2)),
 ])
-def test_windows_need_nchw(name, call):
-    with pytest.raises(ValueError, match=rf"{name}: expects a 4-d NCHW tensor; got shape \(3, 4, 4\)"):
-        call(t(3, 4, 4))
+def test_pools_need_nchw_or_chw(name, call):
+    """As PyTorch's, the pools take an unbatched (C, H, W) input too, but nothing else."""
+    with pytest.raises(ValueError, match=rf"{name}: expects a 4-d NCHW or 3-d CHW tensor; got shape \(4, 4\)"):
+        call(t(4, 4))
+    assert call(t(3, 4, 4)).shape == (3, 2, 2)
 
 
 def test_kernel_size_must_be_ints():

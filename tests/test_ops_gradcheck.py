@@ -19,6 +19,7 @@ import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor, gradcheck, gradgradcheck, is_grad_enabled, ops
 from tinygrad_cnn.graph import op_names
 from tinygrad_cnn.kernels import pool as pool_kernels
+from tinygrad_cnn.kernels.pool import naive_max_pool2d
 from tinygrad_cnn.ops import REGISTRY
 
 import strategies as S
@@ -442,11 +443,21 @@ def _col2im(g_cols):
     check("col2im", lambda t: F.col2im(t, g["shape"], g["kernel"], g["stride"], g["padding"]), cols)
 
 
+def _all_windows_real(g):
+    """Every window holds an element of the input (with dilation a window may hold padding
+    only, and then its max is -inf, where gradients mean nothing)."""
+    out, _ = naive_max_pool2d(np.zeros(g["shape"]), g["kernel_hw"], g["stride_hw"], g["padding4"],
+                              g["dilation_hw"], g["ceil_mode"])
+    return bool(np.isfinite(out).all())
+
+
+def _pool_kw(g):
+    return dict(stride=g["stride"], padding=g["padding"], dilation=g["dilation"], ceil_mode=g["ceil_mode"])
+
+
 @st.composite
 def pool_case(draw):
-    g = draw(S.window_geometry(pool=True))
-    if draw(st.booleans()):  # stride omitted: defaults to the kernel
-        g = S.geometry_example(g["shape"], g["kernel"], None, g["padding"])
+    g = draw(S.pool_geometry().filter(_all_windows_real))
     return g, draw(S.distinct_arrays(g["shape"]))
 
 
@@ -455,33 +466,41 @@ def _distinct(shape, seed=0):
     return (np.random.default_rng(seed).permutation(n).reshape(shape) - n / 2) / 8
 
 
+POOL_GEOMETRIES = [S.pool_example(g["shape"], g["kernel"], g["stride"], g["padding"]) for g in POOL_EXAMPLES] + [
+    S.pool_example((1, 2, 6, 5), (3, 2), 2, (1, 0, 1, 1), dilation=(1, 2), ceil_mode=True),
+    S.pool_example((2, 1, 7, 4), 2, (3, 1), 1, dilation=2, ceil_mode=True),
+]
+
+
 @case("max_pool2d")
 @given(pool_case())
-@_with_examples(POOL_EXAMPLES, wrap=lambda g: ((g, _distinct(g["shape"])),))
+@_with_examples(POOL_GEOMETRIES, wrap=lambda g: ((g, _distinct(g["shape"])),))
 def _max_pool2d(g_x):
     g, x = g_x
-    check("max_pool2d", lambda t: F.max_pool2d(t, g["kernel"], g["stride"], g["padding"]), x)
+    check("max_pool2d", lambda t: F.max_pool2d(t, g["kernel"], **_pool_kw(g)), x)
+    # with return_indices: the same op, two outputs; the indices carry no gradient
+    check("max_pool2d", lambda t: F.max_pool2d(t, g["kernel"], **_pool_kw(g), return_indices=True)[0], x)
 
 
 def _winners_case(g, x):
     """The winners of max-pooling ``x`` (from the kernel) and the primitives' parameters."""
-    _, winners = pool_kernels.max_pool2d(x, g["kernel_hw"], g["stride_hw"], g["padding_hw"], g["out"])
-    return dict(winners=winners, input_shape=x.shape, kernel_size=g["kernel"], stride=g["stride"],
-                padding=g["padding"])
+    _, winners = pool_kernels.max_pool2d(x, g["kernel_hw"], g["stride_hw"], g["padding4"], g["out"],
+                                         dilation=g["dilation_hw"])
+    return dict(winners=winners, input_shape=x.shape, kernel_size=g["kernel"], **_pool_kw(g))
 
 
 @st.composite
 def winners_case(draw, pooled):
     """A max-pooling's geometry and winners (from an input with ties: any winners will do,
     both primitives are linear), and an argument of the pooled (``pooled``) or input shape."""
-    g = draw(S.window_geometry(pool=True))
+    g = draw(S.pool_geometry())
     x = draw(S.tie_arrays(g["shape"]))
     return g, x, draw(S.arrays(g["shape"][:2] + g["out"] if pooled else g["shape"]))
 
 
 @case("max_pool2d_backward")
 @given(winners_case(pooled=True))
-@_with_examples(POOL_EXAMPLES, wrap=lambda g: ((g, np.zeros(g["shape"]), _rand(g["shape"][:2] + g["out"])),))
+@_with_examples(POOL_GEOMETRIES, wrap=lambda g: ((g, np.zeros(g["shape"]), _rand(g["shape"][:2] + g["out"])),))
 def _max_pool2d_backward(case_):
     g, x, grad = case_
     params = _winners_case(g, x)
@@ -490,11 +509,41 @@ def _max_pool2d_backward(case_):
 
 @case("max_pool2d_gather")
 @given(winners_case(pooled=False))
-@_with_examples(POOL_EXAMPLES, wrap=lambda g: ((g, _rand(g["shape"]), _rand(g["shape"], 1)),))
+@_with_examples(POOL_GEOMETRIES, wrap=lambda g: ((g, _rand(g["shape"]), _rand(g["shape"], 1)),))
 def _max_pool2d_gather(case_):
     g, x, h = case_
     params = _winners_case(g, x)
     check("max_pool2d_gather", lambda t: ops.MaxPool2dGather.apply(t, **params), h)
+
+
+def _avg_kw(g):
+    return dict(stride=g["stride"], padding=g["padding"], ceil_mode=g["ceil_mode"],
+                count_include_pad=g["count_include_pad"], divisor_override=g["divisor_override"])
+
+
+AVG_GEOMETRIES = [
+    S.pool_example((1, 1, 5, 5), 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    S.pool_example((2, 2, 4, 7), (2, 3), (1, 2), (1, 0, 0, 1), ceil_mode=True),
+    S.pool_example((1, 2, 6, 6), 2, divisor_override=3),
+]
+
+
+@case("avg_pool2d")
+@given(S.pool_geometry(kind="avg").flatmap(lambda g: st.tuples(st.just(g), S.arrays(g["shape"]))))
+@_with_examples(AVG_GEOMETRIES, wrap=lambda g: ((g, _rand(g["shape"])),))
+def _avg_pool2d(g_x):
+    g, x = g_x
+    check("avg_pool2d", lambda t: F.avg_pool2d(t, g["kernel"], **_avg_kw(g)), x)
+
+
+@case("avg_pool2d_backward")
+@given(S.pool_geometry(kind="avg").flatmap(
+    lambda g: st.tuples(st.just(g), S.arrays(g["shape"][:2] + g["out"]))))
+@_with_examples(AVG_GEOMETRIES, wrap=lambda g: ((g, _rand(g["shape"][:2] + g["out"])),))
+def _avg_pool2d_backward(g_grad):
+    g, grad = g_grad
+    check("avg_pool2d_backward", lambda t: ops.AvgPool2dBackward.apply(
+        t, input_shape=g["shape"], kernel_size=g["kernel"], **_avg_kw(g)), grad)
 
 
 # --------------------------------------------------------------------------- composites

@@ -18,7 +18,7 @@ from .xp import array_module, is_floating
 
 __all__ = ["conv2d", "linear", "max_pool2d", "relu", "sigmoid", "tanh", "log_softmax", "softmax",
            "cross_entropy", "nll_loss", "mse_loss", "dropout", "batch_norm", "im2col", "col2im", "pad",
-           "flatten",
+           "flatten", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
            # activations
            "leaky_relu", "elu", "celu", "selu", "gelu", "silu", "swish", "softplus", "logsigmoid", "relu6",
            "hardtanh", "hardsigmoid", "hardswish", "mish",
@@ -52,11 +52,148 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
                             stride=stride, padding=padding)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Max over kH x kW windows of an NCHW tensor (stride defaults to the kernel). Primitive."""
-    return ops.MaxPool2d.apply(x, kernel_size=kernel_size, stride=stride, padding=padding)
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max over kH x kW windows of an NCHW (or unbatched CHW) tensor, as ``torch.nn.functional.
+    max_pool2d``: stride defaults to the kernel, padding counts as -inf and may be at most
+    half the dilated kernel, ``ceil_mode`` keeps a last partial window that starts inside the
+    input or the left padding. ``padding`` may also be a (top, bottom, left, right) tuple
+    (beyond PyTorch, as conv2d takes). With ``return_indices``, also the winners (the first
+    maximum in row-major order, as PyTorch) as int64 flat indices into each (H, W) plane,
+    without gradient. Primitive."""
+    _tensor(x, "max_pool2d", "input")
+    return _unbatched(x, "max_pool2d", lambda x4: _max_pool2d(x4, kernel_size, stride, padding, dilation,
+                                                              ceil_mode, return_indices))
 
 
+def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    params = dict(kernel_size=kernel_size, stride=stride, padding=padding)
+    if dilation != 1:
+        params["dilation"] = dilation
+    if ceil_mode:
+        params["ceil_mode"] = True
+    if not return_indices:
+        return ops.MaxPool2d.apply(x, **params)
+    out, indices = ops.MaxPool2d.apply(x, **params, return_indices=True)
+    return out, indices.detach()
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Mean over kH x kW windows of an NCHW (or unbatched CHW) tensor, as
+    ``torch.nn.functional.avg_pool2d``: stride defaults to the kernel, padding adds zeros and
+    may be at most half the kernel; each window's sum is divided by ``divisor_override`` if
+    given, else by its size cut at the end of the padding (``count_include_pad``, the
+    default; a ceil-mode window past the padding counts only up to it) or by the number of
+    input elements it holds. ``padding`` may also be (top, bottom, left, right). Primitive
+    (see ``ops.pool.AvgPool2d`` for why)."""
+    _tensor(x, "avg_pool2d", "input")
+    return _unbatched(x, "avg_pool2d", lambda x4: ops.AvgPool2d.apply(
+        x4, kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=bool(ceil_mode),
+        count_include_pad=bool(count_include_pad), divisor_override=divisor_override))
+
+
+def _adaptive_size(name, x, output_size):
+    """(Ho, Wo) from an int or a pair whose None entries keep the input's size."""
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{name}: expects a 4-d NCHW or 3-d CHW tensor; got shape {tuple(x.shape)}")
+    sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    if len(sizes) != 2:
+        raise ValueError(f"{name}: output_size must be an int or an (h, w) pair (None keeps a side); "
+                         f"got {output_size!r}")
+    out = []
+    for size, have in zip(sizes, x.shape[-2:]):
+        if size is None:
+            size = have
+        if not _int(size) or size < 1:
+            raise ValueError(f"{name}: output_size must be positive integers (or None to keep a side); "
+                             f"got {output_size!r}")
+        out.append(int(size))
+    if 0 in x.shape[-2:]:
+        raise ValueError(f"{name}: expects a non-empty input; got shape {tuple(x.shape)}")
+    return tuple(out)
+
+
+def _bins(size, out):
+    """PyTorch's adaptive bins along one axis: bin i is [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Average over PyTorch's adaptive bins (bin i of ``out`` along a side of ``size`` is
+    [floor(i*size/out), ceil((i+1)*size/out))), as ``torch.nn.functional.adaptive_avg_pool2d``;
+    ``output_size`` is an int or a pair, None keeping that side. Global pooling (output 1) is
+    a mean, bins that divide the input evenly are one avg_pool2d, and any other size is two
+    small matmuls with bin-averaging matrices (rows of 1/len over each bin)."""
+    _tensor(x, "adaptive_avg_pool2d", "input")
+    (Ho, Wo), (H, W) = _adaptive_size("adaptive_avg_pool2d", x, output_size), x.shape[-2:]
+    if (Ho, Wo) == (H, W):
+        return x * 1.0 if x.requires_grad else x
+    if (Ho, Wo) == (1, 1):
+        return x.mean(axis=(-2, -1), keepdims=True)
+    if H % Ho == 0 and W % Wo == 0:
+        return avg_pool2d(x, (H // Ho, W // Wo))
+    xp = array_module(x.data)
+
+    def averaging(size, out):  # (out, size): row i averages bin i
+        a = xp.zeros((out, size), dtype=x.dtype)
+        for i, (lo, hi) in enumerate(_bins(size, out)):
+            a[i, lo:hi] = 1.0 / (hi - lo)
+        return Tensor(a)
+
+    if W != Wo:
+        x = x @ averaging(W, Wo).transpose(0, 1)
+    if H != Ho:
+        x = averaging(H, Ho) @ x
+    return x
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    """Max over PyTorch's adaptive bins (see ``adaptive_avg_pool2d``), as
+    ``torch.nn.functional.adaptive_max_pool2d``, with the first maximum winning ties. Bins
+    that divide the input evenly are one max_pool2d (indices too); other sizes pool each bin
+    of rows and of columns with max_pool2d at the largest bin's size and pick each bin's
+    window (bins differ in length by one at most, so a bin is one of two windows)."""
+    _tensor(x, "adaptive_max_pool2d", "input")
+    (Ho, Wo), (H, W) = _adaptive_size("adaptive_max_pool2d", x, output_size), x.shape[-2:]
+    if H % Ho == 0 and W % Wo == 0:
+        return max_pool2d(x, (H // Ho, W // Wo), return_indices=return_indices)
+    return _unbatched(x, "adaptive_max_pool2d", lambda x4: _adaptive_max_general(x4, Ho, Wo, return_indices))
+
+
+def _adaptive_max_general(x, Ho, Wo, return_indices):
+    """Adaptive max-pooling for bins that do not divide the input: bins of each (height,
+    width) combination (at most four) are windows of one stride-1 max_pool2d, read at the
+    bins' starts and chosen by ``where``, so ties and indices are max_pool2d's."""
+    (H, W) = x.shape[-2:]
+    rows, cols = _bins(H, Ho), _bins(W, Wo)
+    xp = array_module(x.data)
+    out = indices = None
+    for lh in sorted({hi - lo for lo, hi in rows}):
+        for lw in sorted({hi - lo for lo, hi in cols}):
+            pooled, where_ = max_pool2d(x, (lh, lw), 1, return_indices=True)
+            r = xp.array([min(lo, H - lh) for lo, _ in rows]).reshape(Ho, 1)
+            c = xp.array([min(lo, W - lw) for lo, _ in cols]).reshape(1, Wo)
+            picked, picked_at = pooled[:, :, r, c], where_.data[:, :, r, c]
+            mask = (xp.array([hi - lo == lh for lo, hi in rows]).reshape(Ho, 1)
+                    & xp.array([hi - lo == lw for lo, hi in cols]).reshape(1, Wo))
+            if out is None:
+                out, indices = picked, picked_at
+            else:
+                out = where(Tensor(mask), picked, out)
+                indices = xp.where(mask, picked_at, indices)
+    return (out, Tensor(indices)) if return_indices else out
+
+
+def _unbatched(x, name, fn):
+    """Run a 4-d pooling ``fn`` on a 3-d (C, H, W) input too, as PyTorch's pools accept it."""
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{name}: expects a 4-d NCHW or 3-d CHW tensor; got shape {tuple(x.shape)}")
+    if x.ndim == 4:
+        return fn(x)
+    result = fn(x.reshape((1,) + x.shape))
+    if isinstance(result, tuple):
+        return tuple(r.reshape(r.shape[1:]) for r in result)
+    return result.reshape(result.shape[1:])
 def _int(n):
     return type(n) is int or (isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)))
 

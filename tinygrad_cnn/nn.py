@@ -26,7 +26,7 @@ from .threads import current_shard
 from .xp import is_floating
 
 __all__ = ["Parameter", "Module", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Sequential",
-           "BatchNorm2d", "Dropout", "Identity",
+           "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm2d", "Dropout", "Identity",
            "ModuleList", "ModuleDict", "BatchNorm1d", "LayerNorm", "GroupNorm", "Embedding",
            "LeakyReLU", "ELU", "CELU", "SELU", "GELU", "SiLU", "Softplus", "LogSigmoid", "ReLU6", "Hardtanh",
            "Hardsigmoid", "Hardswish", "Mish", "Sigmoid", "Tanh", "Softmax", "LogSoftmax"]
@@ -350,20 +350,106 @@ class Conv2d(Module):
                 f"padding={self.padding}, bias={self.bias is not None}")
 
 
+def _pool_padding(owner, padding):
+    """An int, an (h, w) pair or a (top, bottom, left, right) tuple of non-negative ints."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        for p in padding:
+            _size(owner, "padding", p, minimum=0)
+    else:
+        _pair(owner, "padding", padding, minimum=0)
+
+
+def _output_size(owner, output_size):
+    """An int or an (h, w) pair of positive ints, None keeping a side."""
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,)
+    if not 1 <= len(sizes) <= 2 or (len(sizes) == 1 and sizes[0] is None):
+        raise ValueError(f"{owner}: output_size must be an int or an (h, w) pair; got {output_size!r}")
+    for size in sizes:
+        if size is not None:
+            _size(owner, "output_size", size)
+
+
 class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0):
+    """Max over sliding windows (``F.max_pool2d``), PyTorch's arguments in PyTorch's order."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
         _pair("MaxPool2d", "kernel_size", kernel_size)
         if stride is not None:
             _pair("MaxPool2d", "stride", stride)
-        _pair("MaxPool2d", "padding", padding, minimum=0)
+        _pool_padding("MaxPool2d", padding)
+        _pair("MaxPool2d", "dilation", dilation)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.return_indices, self.ceil_mode = dilation, bool(return_indices), bool(ceil_mode)
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                            self.return_indices)
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(Module):
+    """Mean over sliding windows (``F.avg_pool2d``), PyTorch's arguments in PyTorch's order."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        super().__init__()
+        _pair("AvgPool2d", "kernel_size", kernel_size)
+        if stride is not None:
+            _pair("AvgPool2d", "stride", stride)
+        _pool_padding("AvgPool2d", padding)
+        if divisor_override is not None and (isinstance(divisor_override, (bool, np.bool_))
+                                             or not isinstance(divisor_override, numbers.Integral)
+                                             or divisor_override == 0):
+            raise ValueError(f"AvgPool2d: divisor_override must be a non-zero integer or None; "
+                             f"got {divisor_override!r}")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = bool(ceil_mode), bool(count_include_pad)
+        self.divisor_override = divisor_override
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                            self.divisor_override)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}, padding={self.padding}"
+                + (", ceil_mode=True" if self.ceil_mode else "")
+                + ("" if self.count_include_pad else ", count_include_pad=False")
+                + ("" if self.divisor_override is None else f", divisor_override={self.divisor_override}"))
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average over PyTorch's adaptive bins to a fixed output size (``F.adaptive_avg_pool2d``);
+    ``AdaptiveAvgPool2d(1)`` is global average pooling."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        _output_size("AdaptiveAvgPool2d", output_size)
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool2d(Module):
+    """Max over PyTorch's adaptive bins to a fixed output size (``F.adaptive_max_pool2d``)."""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        _output_size("AdaptiveMaxPool2d", output_size)
+        self.output_size, self.return_indices = output_size, bool(return_indices)
+
+    def forward(self, x):
+        return F.adaptive_max_pool2d(x, self.output_size, self.return_indices)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
 
 
 class ReLU(Module):

@@ -1,19 +1,24 @@
-"""Max-pooling on arrays: the forward, which remembers each window's winner in one byte per
-output and pass; the routing of a gradient to those winners (max-pool's VJP); and its
-transpose, the gather of an input-shaped array at the winners (the VJP's VJP).
+"""Pooling on arrays: max-pooling, which remembers each window's winner in one byte per
+output and pass; the routing of a gradient to those winners (max-pool's VJP) and its
+transpose, the gather of an input-shaped array at the winners (the VJP's VJP); and
+average pooling with its transpose (each the other's VJP: both are linear).
 
-The max is taken in two separable passes: along each row over the kW column taps, then over
-the kH rows of those row maxima. Each pass keeps, as one byte per output, which tap won (the
-first of equals), so the first maximum of a row followed by the first row holding the
-window's maximum is exactly the row-major first maximum, as in PyTorch. Routing and
-gathering walk back through the same two passes, one multiply or one masked copy per tap,
-and never need the input. Everything works on channel blocks, on several threads for large
-inputs. Padding counts as -inf in the max.
+Both poolings run in two separable passes: along each row over the kW column taps, then
+over the kH rows of those row results. Max-pooling keeps, as one byte per output and pass,
+which tap won (the first of equals), so the first maximum of a row followed by the first
+row holding the window's maximum is exactly the row-major first maximum, as in PyTorch.
+Routing and gathering walk back through the same two passes, one multiply or one masked
+copy per tap, and never need the input. Average pooling sums the taps the same way (strided
+adds, zero padding) and scales each output by one over its divisor. Everything works on
+channel blocks, on several threads for large inputs.
 
-Geometry arguments are already validated and resolved to pairs (``ops.conv.pool_geometry``):
-``kernel``, ``stride`` and ``padding`` as (h, w) pairs, ``out_hw`` the output grid (Ho, Wo).
-``naive_max_pool2d``, ``naive_max_pool2d_backward`` and ``naive_max_pool2d_gather`` are the
-same maps as plain loops over windows: the reference the tests hold the fast code to.
+Geometry arguments are already validated and resolved (``ops.pool.pool_geometry``):
+``kernel``, ``stride`` and ``dilation`` (h, w) pairs; ``padding`` (top, bottom, left,
+right) (an (h, w) pair is accepted too); ``out_hw`` the output grid (Ho, Wo), which also
+says how far the windows reach: in ceil mode the last ones may run past the bottom or right
+padding, and those taps count as padding (-inf for the max, 0 for the sum). The ``naive_*``
+functions are the same maps as plain loops over windows: the reference the tests hold the
+fast code to.
 """
 from __future__ import annotations
 
@@ -30,8 +35,8 @@ _CHUNK = 1 << 18  # elements per pooling block: big enough that per-call overhea
 class Winners(NamedTuple):
     """Which element won each window of a max-pool, as ``max_pool2d`` found it.
 
-    ``cols``: (N, C, rows_used, Wo), for each input row a window reads, the column tap
-    (0..kW-1) holding that row's maximum; None for a one-column kernel. ``rows``:
+    ``cols``: (N, C, rows_used, Wo), for each padded input row the windows reach, the column
+    tap (0..kW-1) holding that row's maximum; None for a one-column kernel. ``rows``:
     (N, C, Ho, Wo), the row tap (0..kH-1) whose row maximum is the window's; None for a
     one-row kernel. Both of the smallest unsigned type that holds the taps (one byte for
     any kernel up to 256). ``channel_major``: the (padded) input was stored channel by
@@ -42,26 +47,71 @@ class Winners(NamedTuple):
     channel_major: bool
 
 
-def _plan(x_shape, kernel, stride, padding, out_hw):
-    """The two passes' views: (padded input shape, row-maxima shape, column taps, row taps).
-    Column tap j reads every used input row at columns j, j+sw, ...; row tap i reads rows
-    i, i+sh, ... of the row maxima."""
+def padding4(padding):
+    """(top, bottom, left, right) from an (h, w) pair or a 4-tuple."""
+    padding = tuple(padding)
+    return (padding[0], padding[0], padding[1], padding[1]) if len(padding) == 2 else padding
+
+
+def reach(size, kernel, stride, dilation, out):
+    """How many padded positions along one axis the windows read: the last window's last tap + 1."""
+    return (out - 1) * stride + (kernel - 1) * dilation + 1
+
+
+def _plan(x_shape, kernel, stride, padding, out_hw, dilation):
+    """The two passes' views: (padded input shape, row-results shape, column taps, row taps).
+    Column tap j reads every used padded row at columns j*dW, j*dW+sW, ...; row tap i reads
+    rows i*dH, i*dH+sH, ... of the row results. The padded input is as large as the windows
+    reach (beyond the bottom/right padding in ceil mode) and holds the whole input."""
     N, C, H, W = x_shape
-    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
-    rows_used = (Ho - 1) * sh + kh  # input rows that some window reads
-    col_taps = [(slice(None), slice(None), slice(0, rows_used), slice(j, j + (Wo - 1) * sw + 1, sw))
+    (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = kernel, stride, dilation, out_hw
+    top, _, left, _ = padding4(padding)
+    rows_used, cols_used = reach(H, kh, sh, dh, Ho), reach(W, kw, sw, dw, Wo)
+    col_taps = [(slice(None), slice(None), slice(0, rows_used), slice(j * dw, j * dw + (Wo - 1) * sw + 1, sw))
                 for j in range(kw)]
-    row_taps = [(slice(None), slice(None), slice(i, i + (Ho - 1) * sh + 1, sh)) for i in range(kh)]
-    return (N, C, H + 2 * ph, W + 2 * pw), (N, C, rows_used, Wo), col_taps, row_taps
+    row_taps = [(slice(None), slice(None), slice(i * dh, i * dh + (Ho - 1) * sh + 1, sh)) for i in range(kh)]
+    src_shape = (N, C, max(rows_used, top + H), max(cols_used, left + W))
+    return src_shape, (N, C, rows_used, Wo), col_taps, row_taps
 
 
-def max_pool2d(x, kernel, stride, padding, out_hw, winners=True):
+def _pad(xp, x, padding, src_shape, fill):
+    """``x`` inside a ``src_shape`` frame of ``fill`` at offset (top, left); ``x`` itself if none."""
+    top, _, left, _ = padding4(padding)
+    H, W = x.shape[2:]
+    bottom, right = src_shape[2] - top - H, src_shape[3] - left - W
+    if not (top or bottom or left or right):
+        return x
+    return xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=fill)
+
+
+def _crop(gx, padding, x_shape):
+    top, _, left, _ = padding4(padding)
+    H, W = x_shape[2:]
+    if gx.shape[2:] == (H, W):
+        return gx
+    return gx[:, :, top:top + H, left:left + W]
+
+
+def _overlap_free(kernel, stride, dilation):
+    """The windows along an axis are disjoint (each tap of each window writes its own place)."""
+    return stride >= (kernel - 1) * dilation + 1
+
+
+def _tiled(kernel, stride, dilation):
+    """The windows along an axis are disjoint and leave no gap: every position is written once."""
+    return dilation == 1 and stride == kernel
+
+
+# ------------------------------------------------------------------------ max-pooling
+
+
+def max_pool2d(x, kernel, stride, padding, out_hw, winners=True, dilation=(1, 1)):
     """(N, C, H, W) -> ((N, C, Ho, Wo) window maxima, their ``Winners`` or None if not
     ``winners``). The output keeps a channel-major input's layout (the next op's)."""
-    (kh, kw), _, (ph, pw), (Ho, Wo) = kernel, stride, padding, out_hw
+    (kh, kw), (Ho, Wo) = kernel, out_hw
     xp = array_module(x)
-    src = x if not (ph or pw) else xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-    _, rows_shape, col_taps, row_taps = _plan(x.shape, kernel, stride, padding, out_hw)
+    src_shape, rows_shape, col_taps, row_taps = _plan(x.shape, kernel, stride, padding, out_hw, dilation)
+    src = _pad(xp, x, padding, src_shape, -np.inf)
     channel_major = src.strides[1] > src.strides[0]  # e.g. a convolution's output
     out = _empty(xp, rows_shape[:2] + (Ho, Wo), x.dtype, channel_major)
     index_dtype = np.min_scalar_type(max(kh, kw) - 1)
@@ -80,40 +130,40 @@ def max_pool2d(x, kernel, stride, padding, out_hw, winners=True):
     return out, (Winners(col_win, row_win, channel_major) if winners else None)
 
 
-def max_pool2d_backward(g, winners, x_shape, kernel, stride, padding, out_hw):
+def max_pool2d_backward(g, winners, x_shape, kernel, stride, padding, out_hw, dilation=(1, 1)):
     """(N, C, Ho, Wo) -> (N, C, H, W): each output's ``g`` added to its window's winner, zero
     elsewhere (max_pool2d's VJP)."""
     col_win, row_win, channel_major = winners
-    (kh, kw), (sh, sw), (ph, pw), (H, W) = kernel, stride, padding, x_shape[2:]
-    src_shape, rows_shape, col_taps, row_taps = _plan(x_shape, kernel, stride, padding, out_hw)
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    src_shape, rows_shape, col_taps, row_taps = _plan(x_shape, kernel, stride, padding, out_hw, dilation)
     xp = array_module(g)
     # The gradient of the row maxima, then of the input. Where windows do not overlap a
     # pass writes each tap's share; where they overlap it accumulates. Buffers start at
     # zero unless the windows cover every element.
-    covered = sw == kw and rows_shape[2] == src_shape[2] and rows_shape[3] * kw == src_shape[3]
+    covered = _tiled(kw, sw, dw) and rows_shape[2] == src_shape[2] and rows_shape[3] * kw == src_shape[3]
     gx = _empty(xp, src_shape, g.dtype, channel_major, zero=not covered)
 
     def route(lo, hi):
         for block in _blocks(lo, hi, src_shape[0], src_shape[2] * src_shape[3]):
             g_block = g[block]
-            g_rows = _empty(xp, g_block.shape[:2] + rows_shape[2:], g.dtype, channel_major, zero=sh != kh)
+            g_rows = _empty(xp, g_block.shape[:2] + rows_shape[2:], g.dtype, channel_major,
+                            zero=not _tiled(kh, sh, dh))
             _route(xp, g_block, None if row_win is None else row_win[block],
-                   [g_rows[t] for t in row_taps], sh >= kh)
+                   [g_rows[t] for t in row_taps], _overlap_free(kh, sh, dh))
             _route(xp, g_rows, None if col_win is None else col_win[block],
-                   [gx[t][block] for t in col_taps], sw >= kw)
+                   [gx[t][block] for t in col_taps], _overlap_free(kw, sw, dw))
 
     parallel_ranges(src_shape[1], route, int(np.prod(src_shape)))
-    return gx if not (ph or pw) else gx[:, :, ph:ph + H, pw:pw + W]
+    return _crop(gx, padding, x_shape)
 
 
-def max_pool2d_gather(h, winners, kernel, stride, padding, out_hw):
+def max_pool2d_gather(h, winners, kernel, stride, padding, out_hw, dilation=(1, 1)):
     """(N, C, H, W) -> (N, C, Ho, Wo): for each window, ``h`` at its winner (padding reads as
     zero). The transpose of ``max_pool2d_backward``; on max-pool's own input it gives the
     window maxima. Pure copies, so exact."""
-    (ph, pw) = padding
     xp = array_module(h)
-    src = h if not (ph or pw) else xp.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    _, rows_shape, col_taps, row_taps = _plan(h.shape, kernel, stride, padding, out_hw)
+    src_shape, rows_shape, col_taps, row_taps = _plan(h.shape, kernel, stride, padding, out_hw, dilation)
+    src = _pad(xp, h, padding, src_shape, 0)
     col_win, row_win, channel_major = winners
     out = _empty(xp, rows_shape[:2] + tuple(out_hw), h.dtype, channel_major)
 
@@ -126,6 +176,102 @@ def max_pool2d_gather(h, winners, kernel, stride, padding, out_hw):
 
     parallel_ranges(h.shape[1], gather, src.size)
     return out
+
+
+def max_pool2d_indices(winners, x_shape, kernel, stride, padding, out_hw, dilation=(1, 1)):
+    """(N, C, Ho, Wo) int64: each window's winner as a flat index into its (H, W) plane
+    (PyTorch's ``return_indices``). Where padding won (a window whose real elements are all
+    -inf, or that holds none), the window's first tap inside the input, as PyTorch gives."""
+    col_win, row_win, _ = winners
+    xp = array_module(col_win, row_win)
+    (sh, sw), (dh, dw), (Ho, Wo) = stride, dilation, out_hw
+    top, _, left, _ = padding4(padding)
+    H, W = x_shape[2:]
+    shape = tuple(x_shape[:2]) + (Ho, Wo)
+    ho, wo = (xp.arange(Ho) * sh).reshape(Ho, 1), xp.arange(Wo) * sw  # each window's padded start
+    row = xp.broadcast_to(ho, shape) if row_win is None else ho + row_win.astype(np.int64) * dh
+    col = wo if col_win is None else wo + xp.take_along_axis(col_win, row, axis=2).astype(np.int64) * dw
+    row, col = row - top, col - left
+    index = row * W + col
+    outside = (row < 0) | (row >= H) | (col < 0) | (col >= W)
+    if outside.any():
+        first = _first_inside(xp, ho - top, dh) * W + _first_inside(xp, wo - left, dw)
+        index = xp.where(outside, first, index)
+    return xp.ascontiguousarray(xp.broadcast_to(index, shape), dtype=np.int64)
+
+
+def _first_inside(xp, start, dilation):
+    """The first tap at a position >= 0 of windows starting at ``start`` (PyTorch's first index)."""
+    behind = xp.maximum(-start, 0)
+    return start - (-behind // dilation) * dilation
+
+
+# --------------------------------------------------------------------- average pooling
+
+
+def avg_pool2d_divisors(in_hw, kernel, stride, padding, out_hw, count_include_pad=True, divisor_override=None):
+    """(Ho, Wo) float64: what each window's sum is divided by, by PyTorch's rule: with
+    ``divisor_override``, that; with ``count_include_pad``, the window's size clipped to the
+    padded input (a ceil-mode window past the bottom/right padding counts only up to it);
+    otherwise the number of real elements it holds. Separable: (row count) x (column count)."""
+    if divisor_override is not None:
+        return np.full(out_hw, float(divisor_override))
+    top, bottom, left, right = padding4(padding)
+    counts = []
+    for size, k, s, before, after, out in ((in_hw[0], kernel[0], stride[0], top, bottom, out_hw[0]),
+                                           (in_hw[1], kernel[1], stride[1], left, right, out_hw[1])):
+        start = np.arange(out) * s - before
+        end = np.minimum(start + k, size + after)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        counts.append((end - start).astype(np.float64))
+    return np.multiply.outer(counts[0], counts[1])
+
+
+def avg_pool2d(x, kernel, stride, padding, out_hw, scale):
+    """(N, C, H, W) -> (N, C, Ho, Wo): each window's sum (zero padding) times ``scale`` (a
+    number, or (Ho, Wo) of one over each window's divisor). Keeps a channel-major layout."""
+    xp = array_module(x)
+    src_shape, rows_shape, col_taps, row_taps = _plan(x.shape, kernel, stride, padding, out_hw, (1, 1))
+    src = _pad(xp, x, padding, src_shape, 0)
+    channel_major = src.strides[1] > src.strides[0]
+    out = _empty(xp, rows_shape[:2] + tuple(out_hw), x.dtype, channel_major)
+
+    def pool(lo, hi):
+        for block in _blocks(lo, hi, src.shape[0], src.shape[2] * src.shape[3]):
+            taps = [src[t][block] for t in col_taps]
+            rows = _empty(xp, taps[0].shape, x.dtype, channel_major)
+            _running_sum(xp, taps, rows)
+            o = out[block]
+            _running_sum(xp, [rows[t] for t in row_taps], o)
+            o *= scale
+
+    parallel_ranges(x.shape[1], pool, src.size)
+    return out
+
+
+def avg_pool2d_backward(g, x_shape, kernel, stride, padding, out_hw, scale):
+    """(N, C, Ho, Wo) -> (N, C, H, W): the transpose of ``avg_pool2d``: each output's ``g``
+    times its ``scale``, added to every tap of its window (padding taps dropped)."""
+    (kh, kw), (sh, sw) = kernel, stride
+    xp = array_module(g)
+    src_shape, rows_shape, col_taps, row_taps = _plan(x_shape, kernel, stride, padding, out_hw, (1, 1))
+    channel_major = g.strides[1] > g.strides[0]
+    covered = _tiled(kw, sw, 1) and rows_shape[2] == src_shape[2] and rows_shape[3] * kw == src_shape[3]
+    gx = _empty(xp, src_shape, g.dtype, channel_major, zero=not covered)
+
+    def spread(lo, hi):
+        for block in _blocks(lo, hi, src_shape[0], src_shape[2] * src_shape[3]):
+            g_block = xp.multiply(g[block], scale, out=_empty(xp, g[block].shape, g.dtype, channel_major))
+            g_rows = _empty(xp, g_block.shape[:2] + rows_shape[2:], g.dtype, channel_major, zero=not _tiled(kh, sh, 1))
+            _spread(g_block, [g_rows[t] for t in row_taps], _overlap_free(kh, sh, 1))
+            _spread(g_rows, [gx[t][block] for t in col_taps], _overlap_free(kw, sw, 1))
+
+    parallel_ranges(src_shape[1], spread, int(np.prod(src_shape)))
+    return _crop(gx, padding, x_shape)
+
+
+# -------------------------------------------------------------------------- shared parts
 
 
 def _blocks(lo, hi, n, per_image):
@@ -196,17 +342,55 @@ def _select(xp, taps, winner, out):
         xp.copyto(out, view, where=winner == k)
 
 
+def _running_sum(xp, taps, out):
+    """out = the sum of ``taps``, added in tap order."""
+    out[...] = taps[0]
+    for view in taps[1:]:
+        xp.add(out, view, out=out)
+
+
+def _spread(g, targets, tiles):
+    """``targets[k] (+)= g`` for every tap: the transpose of ``_running_sum``; ``tiles``
+    means the targets do not overlap, so each can be written instead of accumulated."""
+    for target in targets:
+        if tiles:
+            target[...] = g
+        else:
+            target += g
+
+
 # ----------------------------------------------------------------- references: plain loops
 
 
-def naive_max_pool2d(x, kernel, stride, padding):
-    """Max-pooling by loops: (window maxima, ``where``). Padding is -inf; within a window taps
-    are visited in row-major order and a later tap wins only when strictly greater, so the
-    first maximum wins ties. ``where[n, c, ho, wo]`` is the winner's (row, column) in ``x``
-    (outside the image when a padding tap won: only a window of -inf values)."""
+def naive_output_size(size, kernel, stride, before, after, dilation=1, ceil_mode=False):
+    """PyTorch's pooling output length along one axis, written out: windows start every
+    ``stride`` from the first padded position; in floor mode the last one must end inside the
+    padding, in ceil mode it may run past it but must start inside the input or the left
+    padding."""
+    span, length = (kernel - 1) * dilation + 1, before + size + after
+    n = 0
+    while True:
+        start = n * stride
+        if ceil_mode:  # ceil((length - span) / stride) + 1 windows, less any that starts in the right padding
+            counted = start + span - stride < length and start < before + size
+        else:
+            counted = start + span <= length
+        if not counted:
+            return n
+        n += 1
+
+
+def naive_max_pool2d(x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    """Max-pooling by loops: (window maxima, ``where``). Padding (and, in ceil mode, anything
+    past it) is -inf; within a window taps are visited in row-major order and a later tap wins
+    only when strictly greater, so the first maximum wins ties. ``where[n, c, ho, wo]`` is the
+    winner's (row, column) in ``x`` (outside the image when a padding tap won: only a window
+    of -inf values). ``padding`` is (h, w) or (top, bottom, left, right)."""
     N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    top, bottom, left, right = padding4(padding)
+    Ho = naive_output_size(H, kh, sh, top, bottom, dh, ceil_mode)
+    Wo = naive_output_size(W, kw, sw, left, right, dw, ceil_mode)
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
     where = np.empty((N, C, Ho, Wo, 2), dtype=np.int64)
     for n in range(N):
@@ -216,13 +400,32 @@ def naive_max_pool2d(x, kernel, stride, padding):
                     best, at = -np.inf, None
                     for i in range(kh):
                         for j in range(kw):
-                            r, s = ho * sh + i - ph, wo * sw + j - pw
+                            r, s = ho * sh + i * dh - top, wo * sw + j * dw - left
                             v = x[n, c, r, s] if (0 <= r < H and 0 <= s < W) else -np.inf
                             if at is None or v > best:
                                 best, at = v, (r, s)
                     out[n, c, ho, wo] = best
                     where[n, c, ho, wo] = at
     return out, where
+
+
+def naive_max_pool2d_indices(where, x_shape, kernel, stride, padding, dilation=(1, 1)):
+    """PyTorch's flat indices from ``where``: row * W + column of the winner; for a window
+    that padding won, its first tap inside the input (scanning rows, then columns)."""
+    H, W = x_shape[2:]
+    (sh, sw), (dh, dw) = stride, dilation
+    top, _, left, _ = padding4(padding)
+    out = np.empty(where.shape[:4], dtype=np.int64)
+    for n, c, ho, wo in np.ndindex(*out.shape):
+        r, s = where[n, c, ho, wo]
+        if not (0 <= r < H and 0 <= s < W):
+            r, s = ho * sh - top, wo * sw - left
+            while r < 0:
+                r += dh
+            while s < 0:
+                s += dw
+        out[n, c, ho, wo] = r * W + s
+    return out
 
 
 def naive_max_pool2d_backward(g, where, x_shape):
@@ -246,3 +449,53 @@ def naive_max_pool2d_gather(h, where):
         if 0 <= r < H and 0 <= s < W:
             out[n, c, ho, wo] = h[n, c, r, s]
     return out
+
+
+def naive_avg_pool2d(x, kernel, stride, padding, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """Average pooling by loops, PyTorch's divisor rule spelled out per window: the sum of the
+    real elements (padding adds zero) over ``divisor_override`` if given, else over the
+    window's size cut at the end of the padding (``count_include_pad``) or over the number of
+    real elements it holds."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw) = kernel, stride
+    top, bottom, left, right = padding4(padding)
+    Ho = naive_output_size(H, kh, sh, top, bottom, 1, ceil_mode)
+    Wo = naive_output_size(W, kw, sw, left, right, 1, ceil_mode)
+    out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
+    for n, c, ho, wo in np.ndindex(N, C, Ho, Wo):
+        total, real, padded = 0.0, 0, 0
+        for i in range(kh):
+            for j in range(kw):
+                r, s = ho * sh + i - top, wo * sw + j - left
+                if 0 <= r < H and 0 <= s < W:
+                    total += x[n, c, r, s]
+                    real += 1
+                if -top <= r < H + bottom and -left <= s < W + right:
+                    padded += 1
+        divisor = divisor_override if divisor_override is not None else padded if count_include_pad else real
+        out[n, c, ho, wo] = total / divisor
+    return out
+
+
+def naive_avg_pool2d_backward(g, x_shape, kernel, stride, padding, ceil_mode=False, count_include_pad=True,
+                              divisor_override=None):
+    """The transpose of ``naive_avg_pool2d`` by loops: each output's gradient over its
+    divisor, added to every real element of its window."""
+    N, C, H, W = x_shape
+    (kh, kw), (sh, sw) = kernel, stride
+    top, bottom, left, right = padding4(padding)
+    gx = np.zeros(x_shape, dtype=g.dtype)
+    for n, c, ho, wo in np.ndindex(*g.shape):
+        taps, real, padded = [], 0, 0
+        for i in range(kh):
+            for j in range(kw):
+                r, s = ho * sh + i - top, wo * sw + j - left
+                if 0 <= r < H and 0 <= s < W:
+                    taps.append((r, s))
+                    real += 1
+                if -top <= r < H + bottom and -left <= s < W + right:
+                    padded += 1
+        divisor = divisor_override if divisor_override is not None else padded if count_include_pad else real
+        for r, s in taps:
+            gx[n, c, r, s] += g[n, c, ho, wo] / divisor
+    return gx

@@ -1,24 +1,17 @@
 """Sliding-window primitives on NCHW tensors: im2col and its adjoint col2im (a convolution is
-im2col, then one GEMM), and max-pooling with the two primitives its derivatives need.
+im2col, then one GEMM). Pooling is in ``ops/pool.py``.
 
-Each forward is one call into ``tinygrad_cnn.kernels.conv`` or ``kernels.pool`` (the fast
-array code, with plain-loop references beside it); each VJP is Tensor code, so every one of
-these is differentiable to any order. The VJP chains close on themselves:
+Each forward is one call into ``tinygrad_cnn.kernels.conv`` (the fast array code, with
+plain-loop references beside it); each VJP is Tensor code, so both are differentiable to any
+order. The VJP chain closes on itself:
 
     im2col -> col2im -> im2col -> ...                       (each the other's transpose)
-    max_pool2d -> max_pool2d_backward -> max_pool2d_gather -> max_pool2d_backward -> ...
-
-``max_pool2d_backward`` routes a gradient to each window's winner and ``max_pool2d_gather``
-reads an input-shaped tensor at the winners: linear maps, each the other's transpose, at the
-winners the forward saved (one byte per output and pass: never the input itself).
 """
 from __future__ import annotations
 
 import operator
 
 from ..kernels import conv as conv_kernels
-from ..kernels import pool as pool_kernels
-from ..xp import is_floating
 from . import Op, register
 
 
@@ -54,16 +47,6 @@ def window_geometry(name, x_shape, kernel_size, stride, padding):
                          f"{H + 2 * ph}x{W + 2 * pw} (input {H}x{W}, padding {(ph, pw)})")
     out_hw = ((H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
     return (kh, kw), (sh, sw), (ph, pw), out_hw
-
-
-def pool_geometry(name, x_shape, kernel_size, stride, padding):
-    """``window_geometry`` for max-pooling: stride None means the kernel, and padding (which
-    counts as -inf) may be at most half the kernel, so every window holds a real element."""
-    geometry = window_geometry(name, x_shape, kernel_size, kernel_size if stride is None else stride, padding)
-    (kh, kw), _, (ph, pw), _ = geometry
-    if 2 * ph > kh or 2 * pw > kw:
-        raise ValueError(f"{name}: padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
-    return geometry
 
 
 def window_label(params, default_stride) -> str:
@@ -124,102 +107,3 @@ class Col2im(Op):
 
     def label(self):
         return window_label(self.params, 1)
-
-
-# ---------------------------------------------------------------------------- max-pooling
-
-
-@register
-class MaxPool2d(Op):
-    """Max over each kH x kW window (padding counts as -inf; stride defaults to the kernel).
-    Its VJP sends each window's gradient to the window's first maximum in row-major order
-    (ties go to the first element, as in PyTorch): ``max_pool2d_backward`` at the winners
-    this forward saved."""
-
-    name = "max_pool2d"
-
-    def forward(self, x, kernel_size, stride=None, padding=0):
-        if not is_floating(x.dtype):
-            raise TypeError(f"max_pool2d: expects a floating-point tensor; got dtype {x.dtype}")
-        geometry = pool_geometry(self.name, x.shape, kernel_size, stride, padding)
-        out, winners = pool_kernels.max_pool2d(x, *geometry, winners=self._record)
-        if winners is not None:  # only while recording: one byte per output and pass, not the input
-            self.save(*winners)
-        return out
-
-    def backward(self, g):
-        winners = pool_kernels.Winners(*self.saved)
-        return MaxPool2dBackward.apply(g, winners=winners, input_shape=self.parents[0].shape, **self.params)
-
-    def label(self):
-        return window_label(self.params, None)
-
-
-class _AtWinners(Op):
-    """What max_pool2d_backward and max_pool2d_gather share: their parameters (the winners
-    from max_pool2d's forward, the pooled input's shape, the window), checked, and a label."""
-
-    def _geometry(self, arg, winners, input_shape, kernel_size, stride, padding, pooled):
-        """Validate a call; return the window geometry. ``arg`` is the op's tensor argument:
-        of the pooled output's shape if ``pooled``, else of the input's."""
-        if not isinstance(winners, pool_kernels.Winners):
-            raise TypeError(f"{self.name}: winners must be the Winners that max_pool2d's kernel returned "
-                            f"(tinygrad_cnn.kernels.pool.max_pool2d); got {type(winners).__name__}")
-        input_shape = tuple(input_shape)
-        geometry = pool_geometry(self.name, input_shape, kernel_size, stride, padding)
-        (kh, kw), (sh, _), _, (Ho, Wo) = geometry
-        out_shape = input_shape[:2] + (Ho, Wo)
-        want = out_shape if pooled else input_shape
-        if arg.shape != want:
-            raise ValueError(f"{self.name}: {'a gradient' if pooled else 'an input'} of shape {arg.shape} does not "
-                             f"fit max-pooling of shape {input_shape} with kernel {(kh, kw)}: expected {want}")
-        for what, array, shape, used in (("cols", winners.cols, out_shape[:2] + ((Ho - 1) * sh + kh, Wo), kw > 1),
-                                         ("rows", winners.rows, out_shape, kh > 1)):
-            if (array is not None) != used or (used and array.shape != shape):
-                raise ValueError(f"{self.name}: winners.{what} of shape {getattr(array, 'shape', None)} are not "
-                                 f"this max-pooling's (expected {shape if used else None}): pass the Winners "
-                                 f"of the max_pool2d call with the same input shape and window")
-        return geometry
-
-    def label(self):
-        return window_label(self.params, None)
-
-
-@register
-class MaxPool2dBackward(_AtWinners):
-    """(N, C, Ho, Wo) gradient -> (N, C, H, W): each window's gradient added to the element
-    that won the window (``winners``, saved by max_pool2d's forward), zero elsewhere.
-
-    max_pool2d's VJP, as a primitive of its own so that its VJP can be written too: routing
-    through the one-byte winners is a kernel (no int64 indices, no copy of the input), and
-    it is linear in the gradient, so its VJP is its transpose, ``max_pool2d_gather`` at the
-    same winners. (The winners do not change under small moves of the input: the derivative
-    with respect to the pooled input is zero, as for any max away from ties.)"""
-
-    name = "max_pool2d_backward"
-
-    def forward(self, g, winners, input_shape, kernel_size, stride=None, padding=0):
-        geometry = self._geometry(g, winners, input_shape, kernel_size, stride, padding, pooled=True)
-        return pool_kernels.max_pool2d_backward(g, winners, tuple(input_shape), *geometry)
-
-    def backward(self, gg):
-        return MaxPool2dGather.apply(gg, **self.params)
-
-
-@register
-class MaxPool2dGather(_AtWinners):
-    """(N, C, H, W) -> (N, C, Ho, Wo): for each window of a max-pool, the value of the input
-    at the element that won the window (``winners``); on the pooled input itself, the max.
-
-    The transpose of ``max_pool2d_backward``, and so its VJP (and that one is this one's):
-    the pair makes max_pool2d differentiable to any order, as im2col and col2im do for
-    convolutions."""
-
-    name = "max_pool2d_gather"
-
-    def forward(self, h, winners, input_shape, kernel_size, stride=None, padding=0):
-        geometry = self._geometry(h, winners, input_shape, kernel_size, stride, padding, pooled=False)
-        return pool_kernels.max_pool2d_gather(h, winners, *geometry)
-
-    def backward(self, g):
-        return MaxPool2dBackward.apply(g, **self.params)
