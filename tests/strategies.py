@@ -82,7 +82,7 @@ def pool_geometry(draw, kind="max", max_batch=2, max_channels=2, max_kernel=4, m
                   max_extra=3):
     """A valid pooling window over a small NCHW input, as PyTorch's pools take it: kernels
     1..4 (non-square), strides 1..3 or None (the kernel), dilation 1..2 (``kind="max"``
-    only), padding per side up to half the (dilated) kernel given as an int, a pair or a
+    only), padding per side up to half the kernel (PyTorch's rule) given as an int, a pair or a
     (top, bottom, left, right) tuple, ceil_mode on or off; with ``kind="avg"`` also
     count_include_pad and divisor_override. Returns a dict: the arguments as passed
     (``kernel``, ``stride``, ``padding``, ``dilation``, ``ceil_mode``, ...), ``shape``, the
@@ -95,13 +95,13 @@ def pool_geometry(draw, kind="max", max_batch=2, max_channels=2, max_kernel=4, m
     span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     form = draw(st.sampled_from(["int", "pair", "four"]))
     if form == "int":
-        p = draw(st.integers(0, min(span_h, span_w) // 2))
+        p = draw(st.integers(0, min(kh, kw) // 2))
         padding, pads = p, (p, p, p, p)
     elif form == "pair":
-        ph, pw = draw(st.integers(0, span_h // 2)), draw(st.integers(0, span_w // 2))
+        ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
         padding, pads = (ph, pw), (ph, ph, pw, pw)
     else:
-        pads = tuple(draw(st.integers(0, span // 2)) for span in (span_h, span_h, span_w, span_w))
+        pads = tuple(draw(st.integers(0, k // 2)) for k in (kh, kh, kw, kw))
         padding = pads
     ceil_mode = draw(st.booleans())
     t, b, left, r = pads

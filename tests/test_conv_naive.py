@@ -299,3 +299,158 @@ def test_max_pool2d_first_order_backward_records_nothing():
     x = Tensor(_rand((2, 3, 8, 8)), requires_grad=True)
     F.max_pool2d(x, 2).sum().backward()
     assert x.grad._ctx is None and not x.grad.requires_grad
+
+
+# ------------------------------------ pooling's general geometry: dilation, ceil_mode, 4-padding
+
+
+@st.composite
+def general_pool_with_ties(draw, kind="max"):
+    g = draw(S.pool_geometry(kind=kind, max_channels=3))
+    x = draw(S.tie_arrays(g["shape"]) if kind == "max" else S.arrays(g["shape"]))
+    return g, x, draw(S.arrays(g["shape"][:2] + g["out"]))
+
+
+GENERAL_POOL_CORNERS = [
+    S.pool_example((1, 1, 5, 5), 3, 2, 1, ceil_mode=True),                    # last window past the padding
+    S.pool_example((2, 2, 6, 7), (2, 3), (3, 2), (1, 0, 0, 1), dilation=(2, 1), ceil_mode=True),
+    S.pool_example((1, 1, 1, 1), 2, 2, 1, dilation=2),                          # a window of padding only
+    S.pool_example((1, 2, 4, 4), 2),                                           # the plain path
+    S.pool_example((1, 1, 7, 3), (3, 1), 2, (1, 0), dilation=(2, 1)),
+]
+
+
+def _general_geometry(g):
+    return g["kernel_hw"], g["stride_hw"], g["padding4"], g["out"]
+
+
+def _general_kw(g):
+    return dict(stride=g["stride"], padding=g["padding"], dilation=g["dilation"], ceil_mode=g["ceil_mode"])
+
+
+def test_output_sizes_agree_with_the_loop_rule():
+    """ops.pool.output_size (PyTorch's formula) against the window-by-window loop rule."""
+    from tinygrad_cnn.ops.pool import output_size
+    for size in range(1, 9):
+        for k in range(1, 5):
+            for s in range(1, 4):
+                for d in (1, 2):
+                    for before in range(0, ((k - 1) * d + 1) // 2 + 1):
+                        for after in range(0, ((k - 1) * d + 1) // 2 + 1):
+                            for ceil in (False, True):
+                                want = pool_kernels.naive_output_size(size, k, s, before, after, d, ceil)
+                                assert max(0, output_size(size, k, s, before, after, d, ceil)) == want, \
+                                    (size, k, s, before, after, d, ceil)
+
+
+@given(general_pool_with_ties())
+@_examples(GENERAL_POOL_CORNERS, lambda g: (g, np.zeros(g["shape"]), _rand(g["shape"][:2] + g["out"])))
+def test_general_max_pool2d_and_its_derivatives_match_loops(case):
+    """Dilation, ceil mode and asymmetric padding: the kernel's maxima, indices, routing and
+    gather against the loops, ties included (integer inputs; all zeros in the examples)."""
+    g, x, grad = case
+    want_out, where = naive_max_pool2d(x, g["kernel_hw"], g["stride_hw"], g["padding4"], g["dilation_hw"],
+                                       g["ceil_mode"])
+    out, winners = pool_kernels.max_pool2d(x, *_general_geometry(g), dilation=g["dilation_hw"])
+    np.testing.assert_array_equal(out, want_out)
+    indices = pool_kernels.max_pool2d_indices(winners, x.shape, *_general_geometry(g), dilation=g["dilation_hw"])
+    np.testing.assert_array_equal(indices, pool_kernels.naive_max_pool2d_indices(
+        where, x.shape, g["kernel_hw"], g["stride_hw"], g["padding4"], g["dilation_hw"]))
+    routed = pool_kernels.max_pool2d_backward(grad, winners, x.shape, *_general_geometry(g), dilation=g["dilation_hw"])
+    np.testing.assert_allclose(routed, naive_max_pool2d_backward(grad, where, x.shape), rtol=1e-12, atol=1e-12)
+    h = _rand(x.shape, 3)
+    gathered = pool_kernels.max_pool2d_gather(h, winners, *_general_geometry(g), dilation=g["dilation_hw"])
+    np.testing.assert_array_equal(gathered, naive_max_pool2d_gather(h, where))
+    # <backward(grad), h> == <grad, gather(h)>
+    assert abs(float(np.sum(routed * h)) - float(np.sum(grad * gathered))) <= \
+        1e-12 * (float(np.sum(np.abs(grad)) * np.max(np.abs(h))) + 1.0)
+
+
+@given(general_pool_with_ties())
+@_examples(GENERAL_POOL_CORNERS[:2] + GENERAL_POOL_CORNERS[3:],
+           lambda g: (g, np.zeros(g["shape"]), _rand(g["shape"][:2] + g["out"])))
+def test_general_max_pool2d_through_the_engine_to_third_order(case):
+    g, x, grad = case
+    want_out, where = naive_max_pool2d(x, g["kernel_hw"], g["stride_hw"], g["padding4"], g["dilation_hw"],
+                                       g["ceil_mode"])
+    t = Tensor(x, requires_grad=True)
+    out, indices = F.max_pool2d(t, g["kernel"], **_general_kw(g), return_indices=True)
+    np.testing.assert_array_equal(out.numpy(), want_out)
+    assert indices.dtype == np.int64 and not indices.requires_grad
+    v = Tensor(grad, requires_grad=True)
+    (gx,) = tc.grad(out, [t], v, create_graph=True)
+    np.testing.assert_allclose(gx.numpy(), naive_max_pool2d_backward(grad, where, x.shape), rtol=1e-12, atol=1e-12)
+    h = _rand(x.shape, 5)
+    hv = Tensor(h, requires_grad=True)
+    (gv,) = tc.grad(gx, [v], hv, create_graph=True)
+    np.testing.assert_array_equal(gv.numpy(), naive_max_pool2d_gather(h, where))
+    w = _rand(grad.shape, 6)
+    (gh,) = tc.grad(gv, [hv], w)
+    np.testing.assert_allclose(gh.numpy(), naive_max_pool2d_backward(w, where, x.shape), rtol=1e-12, atol=1e-12)
+
+
+AVG_CORNERS = [
+    S.pool_example((1, 1, 5, 5), 3, 2, 1, ceil_mode=True),
+    S.pool_example((1, 1, 5, 5), 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    S.pool_example((2, 2, 6, 7), (2, 3), (3, 2), (1, 0, 0, 1), ceil_mode=True, divisor_override=5),
+    S.pool_example((1, 2, 4, 6), 2),                                           # tiles: no zero fill
+    S.pool_example((1, 1, 3, 8), (1, 4), (2, 3), (0, 2), ceil_mode=True, count_include_pad=False),
+]
+
+
+def _avg_naive_args(g):
+    return (g["kernel_hw"], g["stride_hw"], g["padding4"], g["ceil_mode"], g["count_include_pad"],
+            g["divisor_override"])
+
+
+def _avg_kw(g):
+    return dict(stride=g["stride"], padding=g["padding"], ceil_mode=g["ceil_mode"],
+                count_include_pad=g["count_include_pad"], divisor_override=g["divisor_override"])
+
+
+@given(general_pool_with_ties(kind="avg"))
+@_examples(AVG_CORNERS, lambda g: (g, _rand(g["shape"]), _rand(g["shape"][:2] + g["out"], 1)))
+def test_avg_pool2d_and_its_transpose_match_loops(case):
+    """avg_pool2d and avg_pool2d_backward (through the engine, to third order) against the
+    loops, PyTorch's divisor rules spelled out window by window; and <A x, g> == <x, A^T g>."""
+    g, x, grad = case
+    want = pool_kernels.naive_avg_pool2d(x, *_avg_naive_args(g))
+    t = Tensor(x, requires_grad=True)
+    out = F.avg_pool2d(t, g["kernel"], **_avg_kw(g))
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-12, atol=1e-12)
+    v = Tensor(grad, requires_grad=True)
+    (gx,) = tc.grad(out, [t], v, create_graph=True)  # avg_pool2d_backward(v)
+    want_gx = pool_kernels.naive_avg_pool2d_backward(grad, x.shape, *_avg_naive_args(g))
+    np.testing.assert_allclose(gx.numpy(), want_gx, rtol=1e-12, atol=1e-12)
+    h = _rand(x.shape, 3)
+    (gv,) = tc.grad(gx, [v], Tensor(h))  # avg_pool2d(h)
+    np.testing.assert_allclose(gv.numpy(), pool_kernels.naive_avg_pool2d(h, *_avg_naive_args(g)),
+                               rtol=1e-12, atol=1e-12)
+    lhs, rhs = float(np.sum(want * grad)), float(np.sum(x * want_gx))
+    assert abs(lhs - rhs) <= 1e-12 * (float(np.sum(np.abs(x)) * np.max(np.abs(grad))) + 1.0)
+
+
+@pytest.mark.parametrize("g", GENERAL_POOL_CORNERS[:2] + GENERAL_POOL_CORNERS[3:], ids=str)
+def test_general_pools_threaded_on_channel_major_input(threads_for_everything, g):
+    """The channel-block paths, on a convolution-like (C, N, H, W) layout: both pools and
+    their derivatives against the loops."""
+    shape = (2, 5) + g["shape"][2:]
+    g = S.pool_example(shape, g["kernel"], g["stride"], g["padding"], g["dilation"], g["ceil_mode"])
+    x = _channel_major(np.round(_rand(shape) * 4))
+    grad = _rand(shape[:2] + g["out"], 2)
+    test_general_max_pool2d_and_its_derivatives_match_loops.hypothesis.inner_test((g, x, grad))
+    test_general_max_pool2d_through_the_engine_to_third_order.hypothesis.inner_test((g, x, grad))
+    ga = S.pool_example(shape, g["kernel"], g["stride"], g["padding"], 1, g["ceil_mode"], count_include_pad=False)
+    if 2 * max(ga["padding4"][:2]) <= ga["kernel_hw"][0] and 2 * max(ga["padding4"][2:]) <= ga["kernel_hw"][1]:
+        test_avg_pool2d_and_its_transpose_match_loops.hypothesis.inner_test(
+            (ga, x, _rand(shape[:2] + ga["out"], 2)))
+
+
+def test_max_pool2d_indices_are_pytorch_flat_indices():
+    """Ties go to the first maximum in row-major order; indices index each (H, W) plane."""
+    x = np.array([[[[1.0, 3.0, 3.0, 0.0],
+                    [3.0, 2.0, 3.0, 5.0],
+                    [0.0, 3.0, 1.0, 5.0]]]])
+    out, indices = F.max_pool2d(Tensor(x), 2, 2, ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(out.numpy(), [[[[3.0, 5.0], [3.0, 5.0]]]])
+    np.testing.assert_array_equal(indices.numpy(), [[[[1, 7], [9, 11]]]])

@@ -86,12 +86,10 @@ def output_size(size, kernel, stride, before, after, dilation=1, ceil_mode=False
     return out
 
 
-def pool_geometry(name, x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                  dilated_half=True):
+def pool_geometry(name, x_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Validate a pooling window over the last two axes of ``x_shape``; return a
     ``PoolGeometry``. ``stride`` None means the kernel. Each side's padding may be at most
-    half the (dilated, if ``dilated_half``) kernel, PyTorch's rule, so that padding alone
-    never fills a window that starts at the edge."""
+    half the kernel (PyTorch's rule, the undilated kernel even with dilation)."""
     if len(x_shape) != 4:
         raise ValueError(f"{name}: expects a 4-d NCHW tensor; got shape {tuple(x_shape)}")
     kh, kw = _pair(name, "kernel_size", kernel_size)
@@ -106,11 +104,9 @@ def pool_geometry(name, x_shape, kernel_size, stride=None, padding=0, dilation=1
         raise ValueError(f"{name}: dilation must be positive; got {(dh, dw)}")
     if min(pads) < 0:
         raise ValueError(f"{name}: padding must be non-negative; got {shown}")
-    span_h, span_w = ((kh - 1) * dh + 1, (kw - 1) * dw + 1) if dilated_half else (kh, kw)
     top, bottom, left, right = pads
-    if 2 * max(top, bottom) > span_h or 2 * max(left, right) > span_w:
-        what = "dilated kernel" if (dh, dw) != (1, 1) and dilated_half else "kernel"
-        raise ValueError(f"{name}: padding {shown} must be at most half the {what} {(span_h, span_w)}")
+    if 2 * max(top, bottom) > kh or 2 * max(left, right) > kw:
+        raise ValueError(f"{name}: padding {shown} must be at most half the kernel {(kh, kw)}")
     H, W = x_shape[2], x_shape[3]
     Ho = output_size(H, kh, sh, top, bottom, dh, bool(ceil_mode))
     Wo = output_size(W, kw, sw, left, right, dw, bool(ceil_mode))
@@ -266,7 +262,7 @@ class MaxPool2dGather(_AtWinners):
 
 def _avg_geometry(name, x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     """The window and the per-output scale (a number when every window has the same divisor)."""
-    geometry = pool_geometry(name, x_shape, kernel_size, stride, padding, 1, ceil_mode, dilated_half=False)
+    geometry = pool_geometry(name, x_shape, kernel_size, stride, padding, 1, ceil_mode)
     if divisor_override is not None:
         try:
             if isinstance(divisor_override, bool):
