@@ -212,3 +212,52 @@ def test_cross_entropy_bad_arguments():
         F.cross_entropy(t(2, 3), np.array([0, 1]), reduction="avg")
     with pytest.raises(ValueError, match=r"cross_entropy: label_smoothing must lie in \[0, 1\]; got 1.5"):
         F.cross_entropy(t(2, 3), np.array([0, 1]), label_smoothing=1.5)
+
+
+# --------------------------------------------------------------------------------- pooling
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: F.max_pool2d(t(1, 1, 4, 4), 2, dilation=0), ValueError,
+     r"max_pool2d: dilation must be positive; got \(0, 0\)"),
+    (lambda: F.max_pool2d(t(1, 1, 4, 4), 2, padding=(1, -1, 0, 0)), ValueError,
+     r"max_pool2d: padding must be non-negative; got \(1, -1, 0, 0\)"),
+    (lambda: F.max_pool2d(t(1, 1, 4, 4), 2, padding=(1, 0, 1)), TypeError,
+     r"max_pool2d: padding must be an int, an \(h, w\) pair or a \(top, bottom, left, right\) tuple of ints; "
+     r"got \(1, 0, 1\)"),
+    (lambda: F.max_pool2d(t(1, 1, 9, 9), 3, padding=(0, 2, 0, 0)), ValueError,
+     r"max_pool2d: padding \(0, 2, 0, 0\) must be at most half the kernel \(3, 3\)"),
+    (lambda: F.max_pool2d(t(1, 1, 9, 9), 3, padding=1, dilation=3), ValueError,  # PyTorch's rule: the kernel
+     None),
+    (lambda: F.max_pool2d(t(1, 1, 4, 4), 3, dilation=2), ValueError,
+     r"max_pool2d: kernel 3x3 with dilation \(2, 2\) \(spanning 5x5\) is larger than the padded input 4x4 "
+     r"\(input 4x4, padding \(0, 0\)\)"),
+    (lambda: F.avg_pool2d(t(1, 1, 4, 4), 3, padding=2), ValueError,
+     r"avg_pool2d: padding \(2, 2\) must be at most half the kernel \(3, 3\)"),
+    (lambda: F.avg_pool2d(t(1, 1, 2, 5), (4, 2)), ValueError,
+     r"avg_pool2d: kernel 4x2 is larger than the padded input 2x5 \(input 2x5, padding \(0, 0\)\)"),
+    (lambda: F.avg_pool2d(t(1, 1, 4, 4), 2, divisor_override=0), ValueError,
+     r"avg_pool2d: divisor_override must be non-zero; got 0"),
+    (lambda: F.avg_pool2d(t(1, 1, 4, 4), 2, divisor_override=2.5), TypeError,
+     r"avg_pool2d: divisor_override must be an int or None; got 2.5"),
+    (lambda: F.avg_pool2d(t(1, 1, 4, 4), 2, stride=(0, 1)), ValueError,
+     r"avg_pool2d: stride must be positive; got \(0, 1\)"),
+    (lambda: F.avg_pool2d(Tensor(np.zeros((1, 1, 4, 4), dtype=np.int64)), 2), TypeError,
+     r"avg_pool2d: expects a floating-point tensor; got dtype int64"),
+    (lambda: F.adaptive_avg_pool2d(t(1, 1, 4, 4), 0), ValueError,
+     r"adaptive_avg_pool2d: output_size must be positive integers \(or None to keep a side\); got 0"),
+    (lambda: F.adaptive_max_pool2d(t(1, 1, 4, 4), (2, -1)), ValueError,
+     r"adaptive_max_pool2d: output_size must be positive integers \(or None to keep a side\); got \(2, -1\)"),
+    (lambda: F.adaptive_avg_pool2d(t(1, 1, 4, 4), (1, 2, 3)), ValueError,
+     r"adaptive_avg_pool2d: output_size must be an int or an \(h, w\) pair \(None keeps a side\); got \(1, 2, 3\)"),
+    (lambda: F.adaptive_avg_pool2d(t(1, 1, 4, 4), 1.5), ValueError,
+     r"adaptive_avg_pool2d: output_size must be positive integers"),
+    (lambda: F.adaptive_avg_pool2d(t(1, 1, 0, 4), 2), ValueError,
+     r"adaptive_avg_pool2d: expects a non-empty input; got shape \(1, 1, 0, 4\)"),
+])
+def test_pooling_errors_name_the_function_and_argument(call, error, message):
+    if message is None:  # allowed: padding up to half the undilated kernel, as PyTorch
+        assert call().shape == (1, 1, 2, 2)
+        return
+    with pytest.raises(error, match=message):
+        call()

@@ -164,6 +164,17 @@ def test_simple_layers():
     p = nn.MaxPool2d(2)(x)
     np.testing.assert_array_equal(p.data, x.data.reshape(2, 3, 2, 2, 2, 2).max(axis=(3, 5)))
     assert "kernel_size=2" in repr(nn.MaxPool2d(2))
+    assert repr(nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True)) == \
+        "MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True)"
+    a = nn.AvgPool2d(2)(x)
+    np.testing.assert_allclose(a.data, x.data.reshape(2, 3, 2, 2, 2, 2).mean(axis=(3, 5)))
+    assert repr(nn.AvgPool2d(3, 2, 1, count_include_pad=False)) == \
+        "AvgPool2d(kernel_size=3, stride=2, padding=1, count_include_pad=False)"
+    g = nn.AdaptiveAvgPool2d(1)(x)
+    assert g.shape == (2, 3, 1, 1) and repr(nn.AdaptiveAvgPool2d(1)) == "AdaptiveAvgPool2d(output_size=1)"
+    np.testing.assert_allclose(g.data[:, :, 0, 0], x.data.mean(axis=(2, 3)))
+    m = nn.AdaptiveMaxPool2d((1, 2))(x)
+    np.testing.assert_array_equal(m.data, x.data.reshape(2, 3, 4, 2, 2).max(axis=(2, 4))[:, :, None, :])
     r = repr(Net())
     assert "(conv1): Conv2d(3, 4" in r and "(features): Sequential" in r and "(3): Linear(in_features=32" in r
 

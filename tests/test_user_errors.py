@@ -127,3 +127,20 @@ def test_empty_batch_losses_match_torch():
         a = F.cross_entropy(ours, np.zeros(0, np.int64), **kw).item()
         b = tf.cross_entropy(empty, labels, **kw).item()
         assert (math.isnan(a) and math.isnan(b)) or a == b, kw
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: nn.MaxPool2d(2, dilation=0), r"MaxPool2d: dilation must be a positive integer; got 0"),
+    (lambda: nn.MaxPool2d(2, padding=(1, 0, -1, 0)), r"MaxPool2d: padding must be a non-negative integer; got -1"),
+    (lambda: nn.AvgPool2d(0), r"AvgPool2d: kernel_size must be a positive integer; got 0"),
+    (lambda: nn.AvgPool2d(2, padding=-1), r"AvgPool2d: padding must be a non-negative integer; got -1"),
+    (lambda: nn.AvgPool2d(2, divisor_override=0),
+     r"AvgPool2d: divisor_override must be a non-zero integer or None; got 0"),
+    (lambda: nn.AdaptiveAvgPool2d(0), r"AdaptiveAvgPool2d: output_size must be a positive integer; got 0"),
+    (lambda: nn.AdaptiveAvgPool2d((2, 2, 2)),
+     r"AdaptiveAvgPool2d: output_size must be an int or an \(h, w\) pair; got \(2, 2, 2\)"),
+    (lambda: nn.AdaptiveMaxPool2d((None, 0)), r"AdaptiveMaxPool2d: output_size must be a positive integer; got 0"),
+])
+def test_pooling_layers_check_their_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
