@@ -57,3 +57,25 @@ def test_saved_bytes_counts_each_block_a_graph_keeps_once():
     y = x.reshape(100)  # a view of x: the same memory
     loss = (y * y).sum()  # mul reads y twice, sum reads y * y (800 bytes more)
     assert step.saved_bytes(loss) == 800 + 800
+
+
+def test_layer_benchmark_runs_a_tiny_case_and_writes_json(tmp_path, capsys):
+    from benchmarks import layers
+
+    out = tmp_path / "layers.json"
+    assert layers.main(["avg_pool2d_3x3_s2_p1", "adaptive_avg_pool2d_7x7_uneven", "--batch", "2", "--rounds", "1",
+                        "--repeat", "1", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [r["name"] for r in results] == ["avg_pool2d_3x3_s2_p1", "adaptive_avg_pool2d_7x7_uneven"]
+    assert results[0]["shape"] == [2, 64, 16, 16] and results[0]["ours_ms"][0] > 0
+    assert "avg_pool2d_3x3_s2_p1" in capsys.readouterr().out
+
+
+def test_layer_benchmark_rejects_unknown_cases(capsys):
+    from benchmarks import layers
+
+    with pytest.raises(SystemExit) as info:
+        layers.main(["no_such_layer"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: unknown case 'no_such_layer'" in err and "Traceback" not in err
