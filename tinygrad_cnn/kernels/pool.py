@@ -228,47 +228,111 @@ def avg_pool2d_divisors(in_hw, kernel, stride, padding, out_hw, count_include_pa
     return np.multiply.outer(counts[0], counts[1])
 
 
+def _tap_ranges(size, kernel, stride, before, out):
+    """For each tap k of windows along one axis (stride ``stride``, ``before`` padding): the
+    outputs [lo, hi) whose tap lands inside the input, and the input slice those read. Taps
+    that only ever land in padding are left out."""
+    ranges = []
+    for k in range(kernel):
+        offset = k - before  # input position of this tap in window 0
+        lo = max(0, -(offset // stride) if offset < 0 else 0)
+        hi = min(out, (size - 1 - offset) // stride + 1)
+        if hi > lo:
+            start = lo * stride + offset
+            ranges.append((slice(lo, hi), slice(start, start + (hi - lo - 1) * stride + 1, stride)))
+    return ranges
+
+
 def avg_pool2d(x, kernel, stride, padding, out_hw, scale):
-    """(N, C, H, W) -> (N, C, Ho, Wo): each window's sum (zero padding) times ``scale`` (a
-    number, or (Ho, Wo) of one over each window's divisor). Keeps a channel-major layout."""
+    """(N, C, H, W) -> (N, C, Ho, Wo): each window's sum times ``scale`` (a number, or (Ho, Wo)
+    of one over each window's divisor). Padding adds nothing, so it is never materialised:
+    each tap adds only the outputs whose tap lands inside the input (strided adds). Keeps a
+    channel-major layout."""
+    (kh, kw), (sh, sw), (Ho, Wo) = kernel, stride, out_hw
+    top, _, left, _ = padding4(padding)
+    N, C, H, W = x.shape
     xp = array_module(x)
-    src_shape, rows_shape, col_taps, row_taps = _plan(x.shape, kernel, stride, padding, out_hw, (1, 1))
-    src = _pad(xp, x, padding, src_shape, 0)
-    channel_major = src.strides[1] > src.strides[0]
-    out = _empty(xp, rows_shape[:2] + tuple(out_hw), x.dtype, channel_major)
+    col_taps, row_taps = _tap_ranges(W, kw, sw, left, Wo), _tap_ranges(H, kh, sh, top, Ho)
+    channel_major = x.strides[1] > x.strides[0]
+    out = _empty(xp, (N, C, Ho, Wo), x.dtype, channel_major)
 
     def pool(lo, hi):
-        for block in _blocks(lo, hi, src.shape[0], src.shape[2] * src.shape[3]):
-            taps = [src[t][block] for t in col_taps]
-            rows = _empty(xp, taps[0].shape, x.dtype, channel_major)
-            _running_sum(xp, taps, rows)
-            o = out[block]
-            _running_sum(xp, [rows[t] for t in row_taps], o)
+        for block in _blocks(lo, hi, N, H * W):
+            xb, o = x[block], out[block]
+            rows = _empty(xp, xb.shape[:3] + (Wo,), x.dtype, channel_major)
+            _sum_taps(xp, rows, xb, col_taps, Wo, lambda s: (Ellipsis, s))
+            _sum_taps(xp, o, rows, row_taps, Ho, lambda s: (Ellipsis, s, slice(None)))
             o *= scale
 
-    parallel_ranges(x.shape[1], pool, src.size)
+    parallel_ranges(C, pool, x.size)
     return out
 
 
 def avg_pool2d_backward(g, x_shape, kernel, stride, padding, out_hw, scale):
     """(N, C, Ho, Wo) -> (N, C, H, W): the transpose of ``avg_pool2d``: each output's ``g``
-    times its ``scale``, added to every tap of its window (padding taps dropped)."""
-    (kh, kw), (sh, sw) = kernel, stride
+    times its ``scale``, added to every tap of its window that lands inside the input."""
+    (kh, kw), (sh, sw), (Ho, Wo) = kernel, stride, out_hw
+    top, _, left, _ = padding4(padding)
+    N, C, H, W = x_shape
     xp = array_module(g)
-    src_shape, rows_shape, col_taps, row_taps = _plan(x_shape, kernel, stride, padding, out_hw, (1, 1))
+    col_taps, row_taps = _tap_ranges(W, kw, sw, left, Wo), _tap_ranges(H, kh, sh, top, Ho)
     channel_major = g.strides[1] > g.strides[0]
-    covered = _tiled(kw, sw, 1) and rows_shape[2] == src_shape[2] and rows_shape[3] * kw == src_shape[3]
-    gx = _empty(xp, src_shape, g.dtype, channel_major, zero=not covered)
+    # Windows that do not overlap let each tap write its share instead of adding it; windows
+    # that also leave no gap write every position, so the buffer needs no zero fill.
+    cols_cover, rows_cover = sw == kw and Wo * kw - left >= W, sh == kh and Ho * kh - top >= H
+    gx = _empty(xp, tuple(x_shape), g.dtype, channel_major, zero=not cols_cover)
 
     def spread(lo, hi):
-        for block in _blocks(lo, hi, src_shape[0], src_shape[2] * src_shape[3]):
-            g_block = xp.multiply(g[block], scale, out=_empty(xp, g[block].shape, g.dtype, channel_major))
-            g_rows = _empty(xp, g_block.shape[:2] + rows_shape[2:], g.dtype, channel_major, zero=not _tiled(kh, sh, 1))
-            _spread(g_block, [g_rows[t] for t in row_taps], _overlap_free(kh, sh, 1))
-            _spread(g_rows, [gx[t][block] for t in col_taps], _overlap_free(kw, sw, 1))
+        for block in _blocks(lo, hi, N, H * W):
+            gb = g[block]
+            gs = xp.multiply(gb, scale, out=_empty(xp, gb.shape, g.dtype, channel_major))
+            g_rows = _empty(xp, gb.shape[:2] + (H, Wo), g.dtype, channel_major, zero=not rows_cover)
+            _spread_taps(g_rows, gs, row_taps, sh >= kh, lambda s: (Ellipsis, s, slice(None)))
+            _spread_taps(gx[block], g_rows, col_taps, sw >= kw, lambda s: (Ellipsis, s))
 
-    parallel_ranges(src_shape[1], spread, int(np.prod(src_shape)))
-    return _crop(gx, padding, x_shape)
+    parallel_ranges(C, spread, int(np.prod(x_shape)))
+    return gx
+
+
+def _tap_ranges(size, kernel, stride, before, out):
+    """For each tap k of the windows along one axis: the outputs (a slice) whose tap k lands
+    inside the input, and the input positions (a strided slice) they read. Taps that only
+    ever land in padding are left out."""
+    ranges = []
+    for k in range(kernel):
+        offset = k - before  # the input position of tap k in window 0
+        lo = -(offset // stride) if offset < 0 else 0  # ceil(-offset / stride)
+        hi = min(out, (size - 1 - offset) // stride + 1)
+        if hi > lo:
+            start = lo * stride + offset
+            ranges.append((slice(lo, hi), slice(start, start + (hi - lo - 1) * stride + 1, stride)))
+    return ranges
+
+
+def _sum_taps(xp, out, src, taps, n_out, index):
+    """out = the sum over ``taps`` (output slice, source slice) of src[source] placed at
+    out[output], along the axis ``index`` builds. A tap that reaches every output is written
+    first, so ``out`` needs no zero fill when one does."""
+    full = next((k for k, (t, _) in enumerate(taps) if t.start == 0 and t.stop == n_out), None)
+    if full is None:
+        out[...] = 0
+    else:
+        t, f = taps[full]
+        out[index(t)] = src[index(f)]
+        taps = taps[:full] + taps[full + 1:]
+    for t, f in taps:
+        view = out[index(t)]
+        xp.add(view, src[index(f)], out=view)
+
+
+def _spread_taps(out, g, taps, apart, index):
+    """The transpose of ``_sum_taps``: out[source] (+)= g[output] for each tap; ``apart``
+    means the taps' targets do not overlap, so each is written instead of added."""
+    for t, f in taps:
+        if apart:
+            out[index(f)] = g[index(t)]
+        else:
+            out[index(f)] += g[index(t)]
 
 
 # -------------------------------------------------------------------------- shared parts
@@ -340,23 +404,6 @@ def _select(xp, taps, winner, out):
     out[...] = taps[0]
     for k, view in enumerate(taps[1:], start=1):
         xp.copyto(out, view, where=winner == k)
-
-
-def _running_sum(xp, taps, out):
-    """out = the sum of ``taps``, added in tap order."""
-    out[...] = taps[0]
-    for view in taps[1:]:
-        xp.add(out, view, out=out)
-
-
-def _spread(g, targets, tiles):
-    """``targets[k] (+)= g`` for every tap: the transpose of ``_running_sum``; ``tiles``
-    means the targets do not overlap, so each can be written instead of accumulated."""
-    for target in targets:
-        if tiles:
-            target[...] = g
-        else:
-            target += g
 
 
 # ----------------------------------------------------------------- references: plain loops
