@@ -454,3 +454,18 @@ def test_max_pool2d_indices_are_pytorch_flat_indices():
     out, indices = F.max_pool2d(Tensor(x), 2, 2, ceil_mode=True, return_indices=True)
     np.testing.assert_array_equal(out.numpy(), [[[[3.0, 5.0], [3.0, 5.0]]]])
     np.testing.assert_array_equal(indices.numpy(), [[[[1, 7], [9, 11]]]])
+
+
+def test_pool_op_labels():
+    """What a graph drawing prints under the pooling ops: the window, dilation, ceil mode
+    and the divisor rule when not the default."""
+    x = Tensor(_rand((1, 2, 7, 7)), requires_grad=True)
+    assert F.max_pool2d(x, 3, 2, 1, dilation=2, ceil_mode=True)._ctx.label() == "k=3x3 s=2 p=1 d=2 ceil"
+    out, _ = F.max_pool2d(x, (3, 2), padding=(1, 0, 0, 1), return_indices=True)
+    assert out._ctx.label() == "k=3x2 s=3x2 p=1,0,0,1 +indices"
+    assert F.avg_pool2d(x, 2)._ctx.label() == "k=2x2 s=2 p=0"
+    avg = F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)
+    assert avg._ctx.label() == "k=3x3 s=2 p=1 ceil exclude_pad"
+    (gx,) = tc.grad(avg, [x], Tensor(_rand(avg.shape), requires_grad=True), create_graph=True)
+    assert gx._ctx.name == "avg_pool2d_backward" and gx._ctx.label() == "k=3x3 s=2 p=1 ceil exclude_pad"
+    assert F.avg_pool2d(x, 2, divisor_override=3)._ctx.label() == "k=2x2 s=2 p=0 div=3"
