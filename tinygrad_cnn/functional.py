@@ -55,7 +55,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max over kH x kW windows of an NCHW (or unbatched CHW) tensor, as ``torch.nn.functional.
     max_pool2d``: stride defaults to the kernel, padding counts as -inf and may be at most
-    half the dilated kernel, ``ceil_mode`` keeps a last partial window that starts inside the
+    half the kernel (the undilated one, as PyTorch), ``ceil_mode`` keeps a last partial window that starts inside the
     input or the left padding. ``padding`` may also be a (top, bottom, left, right) tuple
     (beyond PyTorch, as conv2d takes). With ``return_indices``, also the winners (the first
     maximum in row-major order, as PyTorch) as int64 flat indices into each (H, W) plane,
@@ -149,10 +149,10 @@ def adaptive_avg_pool2d(x, output_size):
 
 def adaptive_max_pool2d(x, output_size, return_indices=False):
     """Max over PyTorch's adaptive bins (see ``adaptive_avg_pool2d``), as
-    ``torch.nn.functional.adaptive_max_pool2d``, with the first maximum winning ties. Bins
-    that divide the input evenly are one max_pool2d (indices too); other sizes pool each bin
-    of rows and of columns with max_pool2d at the largest bin's size and pick each bin's
-    window (bins differ in length by one at most, so a bin is one of two windows)."""
+    ``torch.nn.functional.adaptive_max_pool2d``, with the first maximum winning ties (values,
+    gradient and ``return_indices``). Bins that divide the input evenly are one max_pool2d;
+    otherwise bins come in at most two lengths per side, and the bins of each (height,
+    width) are read off one stride-1 max_pool2d of that window size."""
     _tensor(x, "adaptive_max_pool2d", "input")
     (Ho, Wo), (H, W) = _adaptive_size("adaptive_max_pool2d", x, output_size), x.shape[-2:]
     if H % Ho == 0 and W % Wo == 0:
@@ -194,6 +194,8 @@ def _unbatched(x, name, fn):
     if isinstance(result, tuple):
         return tuple(r.reshape(r.shape[1:]) for r in result)
     return result.reshape(result.shape[1:])
+
+
 def _int(n):
     return type(n) is int or (isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)))
 

@@ -9,7 +9,8 @@ which tap won (the first of equals), so the first maximum of a row followed by t
 row holding the window's maximum is exactly the row-major first maximum, as in PyTorch.
 Routing and gathering walk back through the same two passes, one multiply or one masked
 copy per tap, and never need the input. Average pooling sums the taps the same way (strided
-adds, zero padding) and scales each output by one over its divisor. Everything works on
+adds, each tap only over the outputs it reaches inside the input, so padding is never
+materialised) and scales each output by one over its divisor. Everything works on
 channel blocks, on several threads for large inputs.
 
 Geometry arguments are already validated and resolved (``ops.pool.pool_geometry``):
@@ -226,21 +227,6 @@ def avg_pool2d_divisors(in_hw, kernel, stride, padding, out_hw, count_include_pa
             start, end = np.maximum(start, 0), np.minimum(end, size)
         counts.append((end - start).astype(np.float64))
     return np.multiply.outer(counts[0], counts[1])
-
-
-def _tap_ranges(size, kernel, stride, before, out):
-    """For each tap k of windows along one axis (stride ``stride``, ``before`` padding): the
-    outputs [lo, hi) whose tap lands inside the input, and the input slice those read. Taps
-    that only ever land in padding are left out."""
-    ranges = []
-    for k in range(kernel):
-        offset = k - before  # input position of this tap in window 0
-        lo = max(0, -(offset // stride) if offset < 0 else 0)
-        hi = min(out, (size - 1 - offset) // stride + 1)
-        if hi > lo:
-            start = lo * stride + offset
-            ranges.append((slice(lo, hi), slice(start, start + (hi - lo - 1) * stride + 1, stride)))
-    return ranges
 
 
 def avg_pool2d(x, kernel, stride, padding, out_hw, scale):

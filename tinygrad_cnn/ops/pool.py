@@ -57,24 +57,19 @@ def _pair(name, what, value):
 
 
 def _padding(name, value):
-    """(top, bottom, left, right) from an int, an (h, w) pair or a 4-tuple; the form given,
-    for messages."""
-    if isinstance(value, (tuple, list)) and len(value) == 4:
-        try:
-            pads = tuple(operator.index(v) for v in value)
-        except TypeError:
-            pads = None
-        if pads is not None:
-            shown = (pads[0], pads[2]) if pads[0] == pads[1] and pads[2] == pads[3] else pads
-            return pads, shown
-        raise TypeError(f"{name}: padding must be an int, an (h, w) pair or a (top, bottom, left, right) "
-                        f"tuple of ints; got {value!r}")
+    """(top, bottom, left, right) from an int, an (h, w) pair or a 4-tuple, and the form to
+    show in messages (a pair when the padding is symmetric)."""
     try:
-        ph, pw = _pair(name, "padding", value)
+        if isinstance(value, (tuple, list)) and len(value) == 4:
+            pads = tuple(operator.index(v) for v in value)
+        else:
+            ph, pw = _pair(name, "padding", value)
+            pads = (ph, ph, pw, pw)
     except TypeError:
         raise TypeError(f"{name}: padding must be an int, an (h, w) pair or a (top, bottom, left, right) "
                         f"tuple of ints; got {value!r}") from None
-    return (ph, ph, pw, pw), (ph, pw)
+    symmetric = pads[0] == pads[1] and pads[2] == pads[3]
+    return pads, ((pads[0], pads[2]) if symmetric else pads)
 
 
 def output_size(size, kernel, stride, before, after, dilation=1, ceil_mode=False):
