@@ -88,6 +88,7 @@ class Im2col(Op):
     GEMM as one more weight column (and its gradient falls out of the weight-gradient GEMM)."""
 
     name = "im2col"
+    reads = ()
 
     def forward(self, x, kernel_size, stride=1, padding=0, ones_row=False):
         geometry = window_geometry(self.name, x.shape, kernel_size, stride, padding)
@@ -107,6 +108,7 @@ class Col2im(Op):
     """(C*kH*kW, N*Ho*Wo) columns -> (N, C, H, W), summing overlapping taps; its VJP is im2col."""
 
     name = "col2im"
+    reads = ()
 
     def forward(self, cols, input_shape, kernel_size, stride=1, padding=0):
         in_shape = tuple(int(n) for n in input_shape)
@@ -137,6 +139,7 @@ class MaxPool2d(Op):
     this forward saved."""
 
     name = "max_pool2d"
+    reads = ()
 
     def forward(self, x, kernel_size, stride=None, padding=0):
         if not is_floating(x.dtype):
@@ -158,6 +161,8 @@ class MaxPool2d(Op):
 class _AtWinners(Op):
     """What max_pool2d_backward and max_pool2d_gather share: their parameters (the winners
     from max_pool2d's forward, the pooled input's shape, the window), checked, and a label."""
+
+    reads = ()  # both route through the winners (a parameter): linear maps, no values read
 
     def _geometry(self, arg, winners, input_shape, kernel_size, stride, padding, pooled):
         """Validate a call; return the window geometry. ``arg`` is the op's tensor argument:

@@ -33,6 +33,7 @@ def _mT(t):
 @register
 class Matmul(Op):
     name = "matmul"
+    reads = ("inputs",)
 
     def forward(self, a, b):
         _check_matmul(a, b)
