@@ -432,13 +432,21 @@ def _mm(shape_a, shape_b):
 
 
 @case("matmul")
-@given(matmul_operands())
-@example(_mm((3,), (3,)))
-@example(_mm((3,), (2, 3, 4)))
-@example(_mm((2, 1, 2, 3), (3,)))
-@example(_mm((2, 1, 2, 3), (3, 3, 2)))
-def _matmul(ab):
+@example(ab=_mm((3,), (3,)), flags=(False, False))
+@example(ab=_mm((3,), (2, 3, 4)), flags=(False, True))
+@example(ab=_mm((2, 1, 2, 3), (3,)), flags=(True, False))
+@example(ab=_mm((2, 1, 2, 3), (3, 3, 2)), flags=(True, True))
+@given(ab=matmul_operands(), flags=st.tuples(st.booleans(), st.booleans()))
+def _matmul(ab, flags):
+    """``a @ b``, and with BLAS's flags on operands stored transposed (2-d and more)."""
     check("matmul", lambda a, b: a @ b, ab)
+    a, b = ab
+    ta, tb = flags[0] and a.ndim >= 2, flags[1] and b.ndim >= 2
+    if ta or tb:
+        stored = (a.swapaxes(-1, -2).copy() if ta else a, b.swapaxes(-1, -2).copy() if tb else b)
+        out = ops.Matmul.apply(*stored, transpose_a=ta, transpose_b=tb)
+        np.testing.assert_allclose(out.numpy(), a @ b, rtol=1e-12, atol=1e-12)
+        check("matmul", lambda a_, b_: ops.Matmul.apply(a_, b_, transpose_a=ta, transpose_b=tb), stored)
 
 
 # --------------------------------------------------------------------------------- conv
