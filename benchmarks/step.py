@@ -106,9 +106,11 @@ def matmul_shapes(step):
     shapes = []
     orig = Matmul.forward
 
-    def spy(self, a, b):
-        shapes.append(((a.shape, a.strides), (b.shape, b.strides), a.dtype))
-        return orig(self, a, b)
+    def spy(self, a, b, transpose_a=False, transpose_b=False):
+        ea = a.swapaxes(-1, -2) if transpose_a else a  # the operands as the product sees them
+        eb = b.swapaxes(-1, -2) if transpose_b else b
+        shapes.append(((ea.shape, ea.strides), (eb.shape, eb.strides), a.dtype))
+        return orig(self, a, b, transpose_a=transpose_a, transpose_b=transpose_b)
 
     Matmul.forward = spy
     try:

@@ -33,13 +33,38 @@ def test_writing_into_a_saved_parameter_is_refused():
 def test_every_way_to_reach_a_saved_array_is_refused(route):
     source = np.array([1.0, 2.0, 3.0])
     x = Tensor(source, requires_grad=True)
-    y = x.exp()
+    y = x.log()  # log's VJP reads its input, and mul's reads y
     z = (y * y).sum()
     target = {"source_array": source, "detach": x.detach().data, "output": y.data, "numpy": y.numpy()}[route]
     with pytest.raises(ValueError, match="read-only"):
         target[0] = 0.0
     z.backward()
-    np.testing.assert_allclose(x.grad, 2 * np.exp(2 * source))
+    np.testing.assert_allclose(x.grad, 2 * np.log(source) / source)
+
+
+@pytest.mark.parametrize("view", ["reshape", "transpose", "getitem"])
+def test_the_array_under_a_saved_view_is_refused_too(view):
+    """Reshape, transpose and slicing read nothing in their VJP, so only the view is read by
+    the next op (matmul): its base, the parameter's own array, must be held with it."""
+    w = leaf([[1.0, 2.0], [3.0, 4.0]])
+    x = leaf([[1.0, -1.0]])
+    v = {"reshape": lambda: w.reshape(2, 2), "transpose": lambda: w.T, "getitem": lambda: w[:, :]}[view]()
+    loss = (x @ v).sum()
+    with pytest.raises(ValueError, match="read-only"):
+        w.data[0, 0] = 100.0
+    loss.backward()
+    np.testing.assert_allclose(x.grad, np.asarray(v).sum(axis=1, keepdims=True).T)
+
+
+def test_an_array_no_vjp_reads_stays_writable():
+    """add's VJP reads no values, so the graph does not hold its operands (PyTorch saves
+    nothing for add either): writing into one changes no gradient."""
+    x, b = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    loss = (x + b).sum()
+    b.data[...] = 100.0
+    loss.backward()
+    np.testing.assert_allclose(x.grad, [1.0, 1.0])
+    np.testing.assert_allclose(b.grad, [1.0, 1.0])
 
 
 def test_a_dropped_graph_unlocks_its_arrays():

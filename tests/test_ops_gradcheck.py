@@ -17,7 +17,8 @@ from hypothesis.extra import numpy as hnp
 import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor, gradcheck, gradgradcheck, is_grad_enabled, ops
-from tinygrad_cnn.graph import op_names
+from tinygrad_cnn.gradcheck import _prepare
+from tinygrad_cnn.graph import nodes, op_names
 from tinygrad_cnn.kernels import pool as pool_kernels
 from tinygrad_cnn.kernels.pool import naive_max_pool2d
 from tinygrad_cnn.ops import REGISTRY
@@ -43,10 +44,59 @@ def check(op_name, fn, inputs, second_order=True, **kw):
 
     assert gradcheck(traced, inputs, **kw)
     assert op_name in recorded, f"the case for {op_name!r} never recorded that op (saw {sorted(recorded)})"
+    check_declared_reads(fn, inputs)
     ORDERS.setdefault(op_name, set()).add(1)
     if second_order:
         assert gradgradcheck(fn, inputs, **kw)
         ORDERS[op_name].add(2)
+
+
+def _unprotected(array):
+    """Whether writing into ``array`` touches no memory the engine keeps read-only."""
+    a = array
+    while isinstance(a, np.ndarray):
+        if not a.flags.writeable:
+            return False
+        a = a.base
+    return True
+
+
+def check_declared_reads(fn, inputs):
+    """Each node's ``reads`` covers every array its VJP reads: overwrite, with NaN, each array
+    of the graph that no node declares (so the engine left it writable), then differentiate
+    again through the retained graph; the gradients must not move."""
+    if isinstance(inputs, Tensor) or isinstance(inputs, np.ndarray):
+        inputs = (inputs,)
+    ts, leaves = _prepare(list(inputs))
+    leaves = [ts[k] for k in leaves]
+    outs = fn(*ts)
+    outs = [o for o in (outs if isinstance(outs, (tuple, list)) else [outs])
+            if isinstance(o, Tensor) and o.requires_grad]
+    if not outs:
+        return
+    rng = np.random.default_rng(0)
+    gs = [Tensor(rng.standard_normal(o.shape)) for o in outs]
+    before = tc.grad(outs, leaves, gs, retain_graph=True, allow_unused=True)
+    overwritten = []  # (array, its values): restored afterwards (fn may hold constants of its own)
+    try:
+        for op in nodes(outs):
+            arrays = [] if "inputs" in op.reads else [p.data for p in op.parents]
+            if "output" not in op.reads:
+                arrays += [ref().data for ref in op._outputs if ref() is not None]
+            for a in arrays:
+                if isinstance(a, np.ndarray) and a.dtype.kind == "f" and _unprotected(a):
+                    overwritten.append((a, a.copy()))
+                    a[...] = np.nan
+        after = tc.grad(outs, leaves, gs, retain_graph=True, allow_unused=True)
+    finally:
+        for a, values in reversed(overwritten):
+            a[...] = values
+    for k, (b, a) in enumerate(zip(before, after)):
+        if b is not None:
+            np.testing.assert_array_equal(
+                np.asarray(a), np.asarray(b),
+                err_msg=f"input {k}: its gradient changed when the arrays outside the ops' declared `reads` were "
+                        f"overwritten: a VJP among {sorted(op.name for op in nodes(outs))} reads an undeclared array")
 
 
 CASES = {}
@@ -383,13 +433,21 @@ def _mm(shape_a, shape_b):
 
 
 @case("matmul")
-@given(matmul_operands())
-@example(_mm((3,), (3,)))
-@example(_mm((3,), (2, 3, 4)))
-@example(_mm((2, 1, 2, 3), (3,)))
-@example(_mm((2, 1, 2, 3), (3, 3, 2)))
-def _matmul(ab):
+@example(ab=_mm((3,), (3,)), flags=(False, False))
+@example(ab=_mm((3,), (2, 3, 4)), flags=(False, True))
+@example(ab=_mm((2, 1, 2, 3), (3,)), flags=(True, False))
+@example(ab=_mm((2, 1, 2, 3), (3, 3, 2)), flags=(True, True))
+@given(ab=matmul_operands(), flags=st.tuples(st.booleans(), st.booleans()))
+def _matmul(ab, flags):
+    """``a @ b``, and with BLAS's flags on operands stored transposed (2-d and more)."""
     check("matmul", lambda a, b: a @ b, ab)
+    a, b = ab
+    ta, tb = flags[0] and a.ndim >= 2, flags[1] and b.ndim >= 2
+    if ta or tb:
+        stored = (a.swapaxes(-1, -2).copy() if ta else a, b.swapaxes(-1, -2).copy() if tb else b)
+        out = ops.Matmul.apply(*stored, transpose_a=ta, transpose_b=tb)
+        np.testing.assert_allclose(out.numpy(), a @ b, rtol=1e-12, atol=1e-12)
+        check("matmul", lambda a_, b_: ops.Matmul.apply(a_, b_, transpose_a=ta, transpose_b=tb), stored)
 
 
 # --------------------------------------------------------------------------------- conv

@@ -299,7 +299,7 @@ def linear(x, weight, bias=None):
     if x.shape[-1:] != weight.shape[1:]:
         raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1] if x.ndim else 0} features but "
                          f"the weight {weight.shape} expects {weight.shape[1]}")
-    out = x @ weight.T
+    out = ops.Matmul.apply(x, weight, transpose_b=True)  # x @ weight.T, as one node
     if bias is not None:
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"linear: bias must have shape ({weight.shape[0]},); got {bias.shape}")

@@ -145,9 +145,16 @@ class Op:
     inputs in any differentiable sense (the winners of a max, a mask), kept through
     ``self.save(...)`` only while recording. VJPs may return gradients of a broadcast shape:
     the engine sums them back to the input's shape. One instance is one node of the graph.
+
+    ``reads`` says which arrays the VJP reads the values of: ``"inputs"``, ``"output"``, both
+    (the default) or neither (``()``: a VJP that needs only shapes and parameters, as add's
+    or reshape's). The engine keeps exactly those read-only while the node is live, so a
+    declaration that is too small would let an in-place write change a gradient: the
+    registry test overwrites every undeclared array and checks that no gradient moves.
     """
 
     name = "op"
+    reads = ("inputs", "output")
 
     __slots__ = ("params", "parents", "needs_input_grad", "saved", "scope", "freed", "_record",
                  "_outputs", "_versions", "__dict__", "__weakref__")
@@ -163,6 +170,7 @@ class Op:
         op.params = params
         op.saved = ()
         op.freed = False
+        op._versions = None
         if getattr(_local, "grad_enabled", True):
             needs = tuple([t.requires_grad for t in tensors])
             record = True in needs
@@ -270,23 +278,33 @@ class _Locks:
         self._mutex = threading.Lock()
 
     def lock(self, op, outputs):
-        versions = []
-        arrays = [t.data for t in op.parents]
-        arrays.extend(o.data for o in outputs)
+        reads = op.reads
+        if not reads:  # the VJP reads no array of this node: nothing to protect
+            op._versions = None
+            return
+        # (slot, array): inputs are slots 0..n-1, the output(s) slot n; only what the VJP reads
+        arrays = [(k, t.data) for k, t in enumerate(op.parents)] if "inputs" in reads else []
+        if "output" in reads:
+            arrays.extend((len(op.parents), o.data) for o in outputs)
+        held = []  # (slot, entry, version at lock time)
         with self._mutex:
-            for a in arrays:
-                entry = self._held.get(id(a))
-                if entry is not None and entry[0] is a:
-                    entry[1] += 1
-                elif isinstance(a, np.ndarray) and a.flags.writeable:
-                    a.flags.writeable = False
-                    entry = self._held[id(a)] = [a, 1, 0, None]
-                else:  # read-only already (a broadcast view, a lifted constant): nothing can change it
-                    entry = None
-                versions.append(None if entry is None else (entry, entry[2]))
+            for k, a in arrays:
+                base = getattr(a, "base", None)
+                # a view is held with the array it views: a write through the base (a
+                # parameter's own array, under a reshaped or transposed view) is refused too
+                for b in (a,) if base is None else (a, base):
+                    entry = self._held.get(id(b))
+                    if entry is not None and entry[0] is b:
+                        entry[1] += 1
+                    elif isinstance(b, np.ndarray) and b.flags.writeable:
+                        b.flags.writeable = False
+                        entry = self._held[id(b)] = [b, 1, 0, None]
+                    else:  # read-only already (a broadcast view, a lifted constant): nothing can change it
+                        continue
+                    held.append((k, entry, entry[2]))
             if self._orphans:
                 self._release(())
-        op._versions = versions
+        op._versions = held
 
     def unlock(self, op, blocking=True):
         versions = getattr(op, "_versions", None)
@@ -309,10 +327,7 @@ class _Locks:
         arrays nobody holds any more writable. Called with the mutex held."""
         while self._orphans:
             versions = list(versions) + list(self._orphans.pop())
-        for v in versions:
-            if v is None:
-                continue
-            entry = v[0]
+        for _, entry, _ in versions:
             entry[1] -= 1
             if entry[1] == 0 and self._held.get(id(entry[0])) is entry:
                 del self._held[id(entry[0])]
@@ -332,13 +347,12 @@ class _Locks:
 
     def check(self, op, caller):
         """Raise if an array this node recorded was modified in place since (see ``writing``)."""
-        for k, v in enumerate(op._versions or ()):
-            if v is not None and v[0][2] != v[1]:
-                n_in = len(op.parents)
-                what = f"input {k}" if k < n_in else "output"
+        for k, entry, version in op._versions or ():
+            if entry[2] != version:
+                what = f"input {k}" if k < len(op.parents) else "output"
                 raise RuntimeError(
                     f"{caller}: an array needed for gradient computation was modified in place: {what} "
-                    f"of '{op.name}' (shape {tuple(v[0][0].shape)}) was written by {v[0][3]} after the forward "
+                    f"of '{op.name}' (shape {tuple(entry[0].shape)}) was written by {entry[3]} after the forward "
                     f"pass recorded it. Call backward() before modifying it (e.g. before optimizer.step()), "
                     f"or recompute the forward pass afterwards")
 
@@ -1051,12 +1065,14 @@ def _backpropagate(roots, grads, retain_graph, create_graph, caller, wanted, fou
                                "(did you create it under no_grad(), or forget requires_grad=True?)")
         add(root, _seed_grad(caller, root, g))
     order = _graph.nodes(roots)
-    useful = set()  # ids of the nodes from which a wanted tensor is reached going backwards
+    # which inputs of each node need a gradient in this call: those on a path to a wanted
+    # tensor (a node none of whose inputs does is skipped: it is not "useful")
+    useful = {}  # id(op) -> its needs_input_grad, narrowed to this call
     for op in order:  # producers first
-        for p in op.parents:
-            if p.requires_grad and ((p._ctx is not None and id(p._ctx) in useful) or wanted(p)):
-                useful.add(id(op))
-                break
+        needs = tuple([n and ((p._ctx is not None and id(p._ctx) in useful) or wanted(p))
+                       for n, p in zip(op.needs_input_grad, op.parents)])
+        if True in needs:
+            useful[id(op)] = needs
     with (enable_grad() if create_graph else no_grad()):
         for op in reversed(order):
             refs = op._outputs
@@ -1065,9 +1081,9 @@ def _backpropagate(roots, grads, retain_graph, create_graph, caller, wanted, fou
                 entry = None if out is None else pending.pop(id(out), None)
                 if entry is None:
                     continue
-                outs, out_grads = (out,), [entry[1]]
+                out_grads = (entry[1],)
                 if wanted(out):
-                    found[id(out)] = (out, entry[1])
+                    found[id(out)] = entry
             else:
                 outs = [r() for r in refs]
                 out_grads = [None if o is None else pending.pop(id(o), (None, None))[1] for o in outs]
@@ -1079,29 +1095,29 @@ def _backpropagate(roots, grads, retain_graph, create_graph, caller, wanted, fou
                 # an output nobody used gets zeros (only multi-output ops see this)
                 out_grads = [g if g is not None else Tensor._wrap(_zeros_like_output(op, k), False)
                              for k, g in enumerate(out_grads)]
-            if id(op) not in useful:
+            needs = useful.get(id(op))
+            if needs is None:
                 continue
             if op.freed:
                 raise RuntimeError(
                     f"{caller}: the graph through '{op.name}' was already freed by an earlier backward(); "
                     f"pass retain_graph=True to the first backward() to go through it twice")
-            _locks.check(op, caller)
-            static = op.needs_input_grad
-            needs = tuple([n and ((p._ctx is not None and id(p._ctx) in useful) or wanted(p))
-                           for n, p in zip(static, op.parents)])
+            if op._versions:
+                _locks.check(op, caller)
             t0 = None if _profiler is None else time.perf_counter()
-            op.needs_input_grad = needs
+            static, op.needs_input_grad = op.needs_input_grad, needs
             try:
                 in_grads = op.backward(*out_grads)
             finally:
                 op.needs_input_grad = static
             if type(in_grads) is not tuple:
                 in_grads = (in_grads,)
-            for i, parent in enumerate(op.parents):
-                pg = in_grads[i] if i < len(in_grads) else None
-                if pg is None or not needs[i]:
+            for i, (parent, need, pg) in enumerate(zip(op.parents, needs, in_grads)):
+                if pg is None or not need:
                     continue
-                pg = _fit_grad(op, i, parent, pg)
+                if not (type(pg) is Tensor and pg.data.shape == parent.data.shape
+                        and pg.data.dtype == parent.data.dtype):  # the common case needs no fitting
+                    pg = _fit_grad(op, i, parent, pg)
                 prev = pending.get(id(parent))
                 pending[id(parent)] = (parent, pg if prev is None else prev[1] + pg)
             if t0 is not None:  # the VJP plus summing its gradients to shape and into place

@@ -71,6 +71,7 @@ class Im2col(Op):
     GEMM as one more weight column (and its gradient falls out of the weight-gradient GEMM)."""
 
     name = "im2col"
+    reads = ()
 
     def forward(self, x, kernel_size, stride=1, padding=0, ones_row=False):
         geometry = window_geometry(self.name, x.shape, kernel_size, stride, padding)
@@ -90,6 +91,7 @@ class Col2im(Op):
     """(C*kH*kW, N*Ho*Wo) columns -> (N, C, H, W), summing overlapping taps; its VJP is im2col."""
 
     name = "col2im"
+    reads = ()
 
     def forward(self, cols, input_shape, kernel_size, stride=1, padding=0):
         in_shape = tuple(int(n) for n in input_shape)

@@ -31,6 +31,7 @@ def _constant(like, array):
 @register
 class Add(Op):
     name = "add"
+    reads = ()
 
     def forward(self, a, b):
         _broadcast_shape(self.name, a, b)
@@ -43,6 +44,7 @@ class Add(Op):
 @register
 class Sub(Op):
     name = "sub"
+    reads = ()
 
     def forward(self, a, b):
         _broadcast_shape(self.name, a, b)
@@ -57,6 +59,7 @@ class Sub(Op):
 @register
 class Mul(Op):
     name = "mul"
+    reads = ("inputs",)
 
     def forward(self, a, b):
         _broadcast_shape(self.name, a, b)
@@ -71,6 +74,7 @@ class Mul(Op):
 @register
 class Div(Op):
     name = "div"
+    reads = ("inputs", "output")
 
     def forward(self, a, b):
         _broadcast_shape(self.name, a, b)
@@ -85,6 +89,7 @@ class Div(Op):
 @register
 class Neg(Op):
     name = "neg"
+    reads = ()
 
     def forward(self, x):
         return -x
@@ -98,6 +103,7 @@ class Pow(Op):
     """x ** p for a Python-number exponent p (d/dx x**0 is 0, also at x = 0)."""
 
     name = "pow"
+    reads = ("inputs",)
 
     def forward(self, x, exponent):
         return x ** exponent
@@ -116,6 +122,7 @@ class Pow(Op):
 @register
 class Exp(Op):
     name = "exp"
+    reads = ("output",)
 
     def forward(self, x):
         return array_module(x).exp(x)
@@ -127,6 +134,7 @@ class Exp(Op):
 @register
 class Log(Op):
     name = "log"
+    reads = ("inputs",)
 
     def forward(self, x):
         return array_module(x).log(x)
@@ -140,6 +148,7 @@ class Maximum(Op):
     """Elementwise max of two tensors; on ties each side gets half the gradient."""
 
     name = "maximum"
+    reads = ("inputs",)
 
     def forward(self, a, b):
         _broadcast_shape(self.name, a, b)
@@ -154,6 +163,7 @@ class Maximum(Op):
 @register
 class Relu(Op):
     name = "relu"
+    reads = ("output",)
 
     def forward(self, x):
         return kernels.relu(x)
@@ -169,6 +179,7 @@ class ReluBackward(Op):
     VJP is itself, with the same mask."""
 
     name = "relu_backward"
+    reads = ()
 
     def forward(self, g, where):
         if where.shape != g.shape:
@@ -187,6 +198,7 @@ class Sigmoid(Op):
     """1 / (1 + exp(-x)), computed as (tanh(x/2) + 1) / 2 so that it never overflows."""
 
     name = "sigmoid"
+    reads = ("output",)
 
     def forward(self, x):
         return array_module(x).tanh(x * 0.5) * 0.5 + 0.5
@@ -199,6 +211,7 @@ class Sigmoid(Op):
 @register
 class Tanh(Op):
     name = "tanh"
+    reads = ("output",)
 
     def forward(self, x):
         return array_module(x).tanh(x)
@@ -213,6 +226,7 @@ class Cast(Op):
     """Change the dtype (floating to floating); the gradient is cast back."""
 
     name = "cast"
+    reads = ()
 
     def forward(self, x, dtype):
         if not (is_floating(dtype) and is_floating(x.dtype)):
@@ -235,6 +249,7 @@ class PowTensor(Op):
     and y >= 0; NaN for a negative base, whose power is not differentiable in y)."""
 
     name = "pow_tensor"
+    reads = ("inputs", "output")
 
     def forward(self, x, y):
         _broadcast_shape(self.name, x, y)
@@ -279,6 +294,7 @@ class Where(Op):
     product turns an infinity in the branch not taken (``exp(1000)`` where ``x > 0``) into NaN."""
 
     name = "where"
+    reads = ()
 
     def forward(self, a, b, condition):
         xp = array_module(a, b)

@@ -156,6 +156,7 @@ class MaxPool2d(Op):
     gradient), computed from the same one-byte winners."""
 
     name = "max_pool2d"
+    reads = ()
 
     def forward(self, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
         _floating(self.name, x)
@@ -181,6 +182,8 @@ class MaxPool2d(Op):
 class _AtWinners(Op):
     """What max_pool2d_backward and max_pool2d_gather share: their parameters (the winners
     from max_pool2d's forward, the pooled input's shape, the window), checked, and a label."""
+
+    reads = ()  # both route through the winners (a parameter): linear maps, no values read
 
     def _geometry(self, arg, winners, input_shape, kernel_size, stride, padding, dilation, ceil_mode, pooled):
         """Validate a call; return the window geometry. ``arg`` is the op's tensor argument:
@@ -292,6 +295,7 @@ class AvgPool2d(Op):
     usual 2x2 stride 2) write their outputs without any zero fill."""
 
     name = "avg_pool2d"
+    reads = ()
 
     def forward(self, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                 divisor_override=None):
@@ -314,6 +318,7 @@ class AvgPool2dBackward(Op):
     is avg_pool2d with the same window."""
 
     name = "avg_pool2d_backward"
+    reads = ()
 
     def forward(self, g, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                 divisor_override=None):

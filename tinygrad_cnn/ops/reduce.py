@@ -43,6 +43,7 @@ def _axis_label(op):
 @register
 class Sum(Op):
     name = "sum"
+    reads = ()
 
     def forward(self, x, axis=None, keepdims=False):
         self.axes = normalize_axes(self.name, axis, x.ndim)
@@ -60,6 +61,7 @@ class Max(Op):
     """Maximum over axes; tied maxima share the gradient equally (deterministic, symmetric)."""
 
     name = "max"
+    reads = ("inputs", "output")
 
     def forward(self, x, axis=None, keepdims=False):
         self.axes = normalize_axes(self.name, axis, x.ndim)
@@ -82,6 +84,7 @@ class LogSoftmax(Op):
     """log(softmax(x)) along ``axis``, shifted by the max so that exp never overflows."""
 
     name = "log_softmax"
+    reads = ("output",)
 
     def forward(self, x, axis=-1):
         if isinstance(axis, (tuple, list)):

@@ -14,6 +14,7 @@ from . import Op, register
 @register
 class Reshape(Op):
     name = "reshape"
+    reads = ()
 
     def forward(self, x, shape):
         try:
@@ -34,6 +35,7 @@ class Transpose(Op):
     """Reorder axes: output axis i is input axis ``axes[i]`` (numpy's transpose, PyTorch's permute)."""
 
     name = "transpose"
+    reads = ()
 
     def forward(self, x, axes):
         if sorted(axes) != list(range(x.ndim)):
@@ -55,6 +57,7 @@ class Expand(Op):
     Its VJP sums over the broadcast axes."""
 
     name = "expand"
+    reads = ()
 
     def forward(self, x, shape):
         try:
@@ -91,6 +94,7 @@ class GetItem(Op):
     Its VJP puts the gradient back where the elements came from (``scatter_add``)."""
 
     name = "getitem"
+    reads = ()
 
     def forward(self, x, index):
         try:
@@ -126,6 +130,7 @@ class ScatterAdd(Op):
     adjoint of ``getitem``, so its VJP is ``getitem`` with the same index."""
 
     name = "scatter_add"
+    reads = ()
 
     def forward(self, g, index, shape):
         xp = array_module(g)
@@ -175,6 +180,7 @@ class Pad(Op):
     Its VJP is the slice that drops the padding."""
 
     name = "pad"
+    reads = ()
 
     def forward(self, x, pad_width, value=0.0):
         pairs = normalize_pad_width(self.name, pad_width, x.ndim)
@@ -201,6 +207,7 @@ class Concatenate(Op):
     into the pieces (``getitem``)."""
 
     name = "cat"
+    reads = ()
 
     def forward(self, *arrays, axis=0):
         first = arrays[0]

@@ -23,6 +23,7 @@ class Erf(Op):
     ``kernels/special.py``). Its derivative is ``2/sqrt(pi) * exp(-x^2)``."""
 
     name = "erf"
+    reads = ("inputs",)
 
     def forward(self, x):
         return kernels.erf(x)
@@ -37,6 +38,7 @@ class Log1p(Op):
     """``log(1 + x)``, exact for small ``x`` (numpy's ``log1p``). Derivative ``1 / (1 + x)``."""
 
     name = "log1p"
+    reads = ("inputs",)
 
     def forward(self, x):
         return array_module(x).log1p(x)
@@ -51,6 +53,7 @@ class Expm1(Op):
     off the output as ``out + 1``."""
 
     name = "expm1"
+    reads = ("output",)
 
     def forward(self, x):
         return array_module(x).expm1(x)
