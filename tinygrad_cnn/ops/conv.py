@@ -56,6 +56,64 @@ def window_geometry(name, x_shape, kernel_size, stride, padding):
     return (kh, kw), (sh, sw), (ph, pw), out_hw
 
 
+def conv_padding(name, padding, kernel=None, stride=None, dilation=None):
+    """A convolution's padding as (top, bottom, left, right): from an int, an (h, w) pair, our
+    4-tuple ``(top, bottom, left, right)``, or PyTorch's strings. ``'valid'`` is no padding;
+    ``'same'`` pads ``dilation * (kernel - 1)`` in all, half before and the rest (the odd
+    one) after, as PyTorch does, and needs stride 1 (``kernel``/``stride``/``dilation`` pairs)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise ValueError(f"{name}: padding must be an int, a pair, a (top, bottom, left, right) tuple, "
+                             f"'same' or 'valid'; got {padding!r}")
+        if tuple(stride) != (1, 1):
+            raise ValueError(f"{name}: padding='same' needs stride 1 (as in PyTorch); got stride {tuple(stride)}: "
+                             f"give the padding as numbers instead")
+        (th, tw) = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    try:
+        if isinstance(padding, (tuple, list)) and len(padding) == 4:
+            pads = shown = tuple(operator.index(v) for v in padding)
+        else:
+            shown = ph, pw = as_pair(name, "padding", padding)
+            pads = (ph, ph, pw, pw)
+    except TypeError:
+        raise TypeError(f"{name}: padding must be an int, a pair, a (top, bottom, left, right) tuple of ints, "
+                        f"'same' or 'valid'; got {padding!r}") from None
+    if min(pads) < 0:
+        raise ValueError(f"{name}: padding must be non-negative; got {shown}")
+    return pads
+
+
+def conv_geometry(name, x_shape, kernel_size, stride, padding, dilation=1):
+    """Validate a convolution's window over the last two axes (padding as ``conv_padding``
+    takes it, dilation too); return (kernel, stride, padding, dilation, out_hw) with the
+    padding as (top, bottom, left, right) and the others as pairs."""
+    if len(x_shape) != 4:
+        raise ValueError(f"{name}: expects a 4-d NCHW tensor; got shape {tuple(x_shape)}")
+    kh, kw = as_pair(name, "kernel_size", kernel_size)
+    sh, sw = as_pair(name, "stride", stride)
+    dh, dw = as_pair(name, "dilation", dilation)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{name}: kernel_size must be positive; got {(kh, kw)}")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"{name}: stride must be positive; got {(sh, sw)}")
+    if dh < 1 or dw < 1:
+        raise ValueError(f"{name}: dilation must be positive; got {(dh, dw)}")
+    pads = conv_padding(name, padding, (kh, kw), (sh, sw), (dh, dw))
+    pt, pb, pl, pr = pads
+    H, W = x_shape[2], x_shape[3]
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # the window's extent, dilated
+    if eh > H + pt + pb or ew > W + pl + pr:
+        dilated = "" if (dh, dw) == (1, 1) else f" (dilation {(dh, dw)}: {eh}x{ew} pixels)"
+        shown = (pt, pl) if (pt, pl) == (pb, pr) else pads
+        raise ValueError(f"{name}: kernel {kh}x{kw}{dilated} is larger than the padded input "
+                         f"{H + pt + pb}x{W + pl + pr} (input {H}x{W}, padding {shown})")
+    out_hw = ((H + pt + pb - eh) // sh + 1, (W + pl + pr - ew) // sw + 1)
+    return (kh, kw), (sh, sw), pads, (dh, dw), out_hw
+
+
 def pool_geometry(name, x_shape, kernel_size, stride, padding):
     """``window_geometry`` for max-pooling: stride None means the kernel, and padding (which
     counts as -inf) may be at most half the kernel, so every window holds a real element."""
@@ -73,8 +131,12 @@ def window_label(params, default_stride) -> str:
             return str(v[0]) if len(v) == 2 and v[0] == v[1] and not always_two else "x".join(map(str, v))
         return f"{v}x{v}" if always_two else str(v)
 
-    k, s = params.get("kernel_size"), params.get("stride", default_stride)
-    text = f"k={pair(k, always_two=True)} s={pair(k if s is None else s)} p={pair(params.get('padding', 0))}"
+    k, s, p = params.get("kernel_size"), params.get("stride", default_stride), params.get("padding", 0)
+    p = ",".join(map(str, p)) if isinstance(p, (tuple, list)) and len(p) == 4 else p if isinstance(p, str) else pair(p)
+    text = f"k={pair(k, always_two=True)} s={pair(k if s is None else s)} p={p}"
+    d = params.get("dilation", 1)
+    if d not in (1, (1, 1), [1, 1]):
+        text += f" d={pair(d)}"
     return text + (" +ones" if params.get("ones_row") else "")
 
 
@@ -85,18 +147,21 @@ def window_label(params, default_stride) -> str:
 class Im2col(Op):
     """(N, C, H, W) -> (C*kH*kW, N*Ho*Wo) patch columns; its VJP is col2im. With
     ``ones_row`` a last row of ones is appended, so that a bias can ride in the convolution's
-    GEMM as one more weight column (and its gradient falls out of the weight-gradient GEMM)."""
+    GEMM as one more weight column (and its gradient falls out of the weight-gradient GEMM).
+    ``padding`` is an int, a pair or (top, bottom, left, right) (or 'same'/'valid');
+    ``dilation`` spaces the taps apart (tap (i, j) reads pixel (ho*sh + i*dh - top, ...))."""
 
     name = "im2col"
 
-    def forward(self, x, kernel_size, stride=1, padding=0, ones_row=False):
-        geometry = window_geometry(self.name, x.shape, kernel_size, stride, padding)
-        return conv_kernels.im2col(x, *geometry, ones_row=bool(ones_row))
+    def forward(self, x, kernel_size, stride=1, padding=0, ones_row=False, dilation=1):
+        kernel, stride_, pads, dil, out_hw = conv_geometry(self.name, x.shape, kernel_size, stride, padding, dilation)
+        return conv_kernels.im2col(x, kernel, stride_, pads, out_hw, ones_row=bool(ones_row), dilation=dil)
 
     def backward(self, g):
         p = self.params
         return Col2im.apply(g[:-1] if p.get("ones_row") else g, input_shape=self.parents[0].shape,
-                            kernel_size=p["kernel_size"], stride=p.get("stride", 1), padding=p.get("padding", 0))
+                            kernel_size=p["kernel_size"], stride=p.get("stride", 1), padding=p.get("padding", 0),
+                            dilation=p.get("dilation", 1))
 
     def label(self):
         return window_label(self.params, 1)
@@ -104,23 +169,26 @@ class Im2col(Op):
 
 @register
 class Col2im(Op):
-    """(C*kH*kW, N*Ho*Wo) columns -> (N, C, H, W), summing overlapping taps; its VJP is im2col."""
+    """(C*kH*kW, N*Ho*Wo) columns -> (N, C, H, W), summing overlapping taps; its VJP is im2col.
+    The window's parameters are im2col's (padding and dilation included)."""
 
     name = "col2im"
 
-    def forward(self, cols, input_shape, kernel_size, stride=1, padding=0):
+    def forward(self, cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
         in_shape = tuple(int(n) for n in input_shape)
-        geometry = window_geometry(self.name, in_shape, kernel_size, stride, padding)
-        (kh, kw), _, _, (Ho, Wo) = geometry
+        kernel, stride_, pads, dil, (Ho, Wo) = conv_geometry(self.name, in_shape, kernel_size, stride, padding,
+                                                             dilation)
+        (kh, kw) = kernel
         expected = (in_shape[1] * kh * kw, in_shape[0] * Ho * Wo)
         if cols.shape != expected:
             raise ValueError(f"col2im: columns of shape {cols.shape} do not fit input shape {in_shape} "
                              f"with kernel {(kh, kw)}: expected {expected}")
-        return conv_kernels.col2im(cols, in_shape, *geometry)
+        return conv_kernels.col2im(cols, in_shape, kernel, stride_, pads, (Ho, Wo), dilation=dil)
 
     def backward(self, g):
         p = self.params
-        return Im2col.apply(g, kernel_size=p["kernel_size"], stride=p.get("stride", 1), padding=p.get("padding", 0))
+        return Im2col.apply(g, kernel_size=p["kernel_size"], stride=p.get("stride", 1), padding=p.get("padding", 0),
+                            dilation=p.get("dilation", 1))
 
     def label(self):
         return window_label(self.params, 1)
