@@ -18,7 +18,7 @@ from .xp import array_module, is_floating
 
 __all__ = ["conv2d", "linear", "max_pool2d", "relu", "sigmoid", "tanh", "log_softmax", "softmax",
            "cross_entropy", "nll_loss", "mse_loss", "dropout", "batch_norm", "im2col", "col2im", "pad",
-           "flatten",
+           "flatten", "conv_transpose2d",
            # activations
            "leaky_relu", "elu", "celu", "selu", "gelu", "silu", "swish", "softplus", "logsigmoid", "relu6",
            "hardtanh", "hardsigmoid", "hardswish", "mish",
@@ -89,9 +89,41 @@ def _pad_width(pad_width):
     raise TypeError(f"pad: pad_width must be an int or one (before, after) pair of ints per axis; got {pad_width!r}")
 
 
-def pad(x, pad_width, value=0.0):
-    """Constant padding; ``pad_width`` is an int or one ``(before, after)`` pair per axis. Primitive."""
-    return ops.Pad.apply(x, pad_width=_pad_width(pad_width), value=value)
+_PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def pad(x, pad_width, value=0.0, mode="constant"):
+    """Padding; ``pad_width`` is an int or one ``(before, after)`` pair per axis (numpy's form).
+
+    ``mode`` as PyTorch's: 'constant' (``value``; the ``pad`` primitive), 'reflect' (mirror
+    without repeating the edge: each pad smaller than its axis), 'replicate' (the edge
+    repeated) or 'circular' (wrap around: each pad at most its axis). The last three are one
+    ``getitem`` per padded axis with an integer index; its VJP, ``scatter_add``, adds each
+    copied element's gradient back to its source, so they are differentiable to any order."""
+    if mode == "constant":
+        return ops.Pad.apply(x, pad_width=_pad_width(pad_width), value=value)
+    if mode not in _PAD_MODES:
+        raise ValueError(f"pad: mode must be one of {', '.join(map(repr, _PAD_MODES))}; got {mode!r}")
+    _tensor(x, "pad", "input")
+    pairs = ops.shape.normalize_pad_width("pad", _pad_width(pad_width), x.ndim)
+    for axis, (before, after) in enumerate(pairs):
+        if not before and not after:
+            continue
+        n = x.shape[axis]
+        limit, rule = (n - 1, "smaller than") if mode == "reflect" else (n, "at most")
+        if n == 0 or (mode != "replicate" and max(before, after) > limit):
+            raise ValueError(f"pad: {mode} padding {(before, after)} of axis {axis} must be {rule} its size {n} "
+                             f"(input shape {x.shape})")
+        i = np.arange(-before, n + after)
+        if mode == "reflect":
+            i = np.abs(i)
+            i = np.where(i >= n, 2 * (n - 1) - i, i)
+        elif mode == "replicate":
+            i = np.clip(i, 0, n - 1)
+        else:
+            i = i % n
+        x = x[(slice(None),) * axis + (i,)]
+    return x
 
 
 def relu(x):
