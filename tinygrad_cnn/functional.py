@@ -200,7 +200,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if weight.ndim != 4:
         raise ValueError(f"conv2d: weight must be 4-d (C_out, C_in/groups, kH, kW); got shape {weight.shape}")
     c_out, c_in_g, kh, kw = weight.shape
-    groups = _groups("conv2d", groups, {"out_channels (weight.shape[0])": c_out})
+    groups = _groups("conv2d", groups, {"in_channels (input.shape[1])": x.shape[1],
+                                        "out_channels (weight.shape[0])": c_out})
     if x.shape[1] != c_in_g * groups:
         expects = f"{c_in_g}" if groups == 1 else f"{c_in_g} per group x {groups} groups = {c_in_g * groups}"
         raise ValueError(f"conv2d: input has {x.shape[1]} channels (shape {x.shape}) but the weight "
