@@ -57,3 +57,25 @@ def test_saved_bytes_counts_each_block_a_graph_keeps_once():
     y = x.reshape(100)  # a view of x: the same memory
     loss = (y * y).sum()  # mul reads y twice, sum reads y * y (800 bytes more)
     assert step.saved_bytes(loss) == 800 + 800
+
+
+def test_layers_benchmark_runs_a_tiny_case_and_writes_json(tmp_path, capsys):
+    from benchmarks import layers
+
+    out = tmp_path / "layers.json"
+    assert layers.main(["depthwise3x3", "conv_transpose4x4s2", "--batch", "2", "--steps", "1", "--rounds", "1",
+                        "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [r["case"] for r in results] == ["depthwise3x3", "conv_transpose4x4s2"]
+    assert all(r["input"][0] == 2 and r["ours_ms"] > 0 for r in results)
+    text = capsys.readouterr().out
+    assert "depthwise3x3" in text and "ours ms" in text
+
+
+def test_layers_benchmark_rejects_an_unknown_case(capsys):
+    from benchmarks import layers
+
+    with pytest.raises(SystemExit) as info:
+        layers.main(["no_such_layer"])
+    assert info.value.code == 2
+    assert "error: unknown case 'no_such_layer'" in capsys.readouterr().err

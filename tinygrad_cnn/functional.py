@@ -189,9 +189,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ``[W | b] @ [cols; 1]`` (im2col appends the row of ones), which saves a pass over the
     output each way. With ``groups`` > 1 the columns of each group are a contiguous block of
     rows, so the convolution is one batched GEMM over the groups,
-    ``(G, C_out/G, C_in/G*kH*kW) @ (G, C_in/G*kH*kW, N*Ho*Wo)``, with no copy; depthwise
-    convolutions (groups == C_in) take the same path (see docs/performance.md for its cost
-    against PyTorch's and ``benchmarks.layers``).
+    ``(G, C_out/G, C_in/G*kH*kW) @ (G, C_in/G*kH*kW, N*Ho*Wo)``, with no copy (the GEMM
+    kernel runs such stacks as one 2-d product per group where numpy's stacked matmul is
+    slow, and the outer products of a depthwise column gradient as one multiply).
+    Depthwise convolutions (groups == C_in) take the same path, with no kernel of their own:
+    measured (``python -m benchmarks.layers depthwise3x3``, docs/performance.md) it runs at
+    about PyTorch's speed, since its cost is im2col's and col2im's copies, which a dedicated
+    kernel would have to make too (a tap-by-tap multiply-add reads the input kH*kW times).
     """
     _tensor(x, "conv2d", "input")
     _tensor(weight, "conv2d", "weight")
