@@ -394,3 +394,47 @@ def test_dilated_and_asymmetric_window_labels():
         "k=3x3 s=2 p=0 d=2"
     # a plain window's parameters and label are what they were before dilation existed
     assert "dilation" not in F.im2col(x, 3, 1, 1)._ctx.params
+
+
+# ------------------------------- the conv2d primitive that keeps only its input (issue 18)
+
+
+def _weight(g, c_out, seed=2):
+    return _rand((c_out, g["shape"][1]) + g["kernel_hw"], seed)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 1])  # one block, and one image per block
+@given(S.conv_window_geometry(max_channels=3).flatmap(lambda g: st.tuples(st.just(g), S.arrays(g["shape"]))))
+@_examples(CONV_CORNERS, _with_array)
+def test_conv2d_kernels_match_loops(block_bytes, g_x):
+    """kernels.conv.conv2d (with and without bias) and conv2d_weight against the loops, in
+    one block and in blocks of one image."""
+    g, x = g_x
+    geometry = (g["kernel_hw"], g["stride_hw"], g["padding4"], g["out"], g["dilation_hw"], block_bytes)
+    reference = (g["kernel_hw"], g["stride_hw"], g["padding4"], g["dilation_hw"])
+    w, b = _weight(g, 2), _rand((2,), 3)
+    for bias in (None, b):
+        got = conv_kernels.conv2d(x, w, bias, *geometry)
+        np.testing.assert_allclose(got, conv_kernels.naive_conv2d(x, w, bias, *reference), rtol=1e-10, atol=1e-10)
+    grad = _rand(g["shape"][:1] + (2,) + g["out"], 4)
+    np.testing.assert_allclose(conv_kernels.conv2d_weight(x, grad, *geometry),
+                               conv_kernels.naive_conv2d_weight(x, grad, *reference), rtol=1e-10, atol=1e-10)
+
+
+def test_image_blocks_cover_the_batch_once():
+    assert conv_kernels.image_blocks(10, 100, block_bytes=350) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert conv_kernels.image_blocks(3, 1000, block_bytes=1) == [(0, 1), (1, 2), (2, 3)]  # one image at least
+    assert conv_kernels.image_blocks(4, 10, block_bytes=10 ** 6) == [(0, 4)]
+
+
+def test_conv2d_primitive_keeps_its_input_not_its_columns():
+    """What the graph keeps for backward: the composite keeps the columns (kH*kW times the
+    input), the primitive only the input and the weight."""
+    from benchmarks.step import saved_bytes
+
+    x = Tensor(_rand((4, 8, 16, 16)), requires_grad=True)
+    w = Tensor(_rand((8, 8, 3, 3), 1), requires_grad=True)
+    kept = saved_bytes(ops.Conv2d.apply(x, w, kernel_size=3, padding=1).sum())
+    assert kept <= x.data.nbytes + w.data.nbytes + 8 * 4 * 16 * 16 * 8
+    cols = saved_bytes(F.im2col(x, 3, 1, 1).sum())
+    assert cols >= 9 * x.data.nbytes

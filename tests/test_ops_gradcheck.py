@@ -458,6 +458,46 @@ def _col2im(g_cols):
 
 
 @st.composite
+def conv_primitive_case(draw, weight_grad=False):
+    """A window (dilated, asymmetric, 'same' too), an input, and the weight (for conv2d) or
+    an output gradient (for conv2d_weight); C_out 1-2, sometimes a bias."""
+    g = draw(S.conv_window_geometry(max_batch=1, max_kernel=3, max_dilation=2, max_extra=2))
+    c_out = draw(st.integers(1, 2))
+    x = draw(S.arrays(g["shape"]))
+    if weight_grad:
+        return g, x, draw(S.arrays(g["shape"][:1] + (c_out,) + g["out"]))
+    bias = draw(st.none() | S.arrays((c_out,)))
+    return g, x, draw(S.arrays((c_out, g["shape"][1]) + g["kernel_hw"])), bias
+
+
+def _conv_params(g):
+    return dict(kernel_size=g["kernel"], stride=g["stride"], padding=g["padding"], dilation=g["dilation"])
+
+
+CONV_PRIMITIVE_EXAMPLE = S.conv_geometry_example((2, 2, 5, 4), (3, 2), (2, 1), (0, 2, 1, 0), (1, 2))
+
+
+@case("conv2d")
+@given(conv_primitive_case())
+@example((CONV_PRIMITIVE_EXAMPLE, _rand((2, 2, 5, 4)), _rand((2, 2, 3, 2), 1), _rand((2,), 2)))
+def _conv2d_primitive(case_):
+    g, x, w, b = case_
+    params = _conv_params(g)
+    if b is None:
+        check("conv2d", lambda x_, w_: ops.Conv2d.apply(x_, w_, **params), (x, w))
+    else:
+        check("conv2d", lambda x_, w_, b_: ops.Conv2d.apply(x_, w_, b_, **params), (x, w, b))
+
+
+@case("conv2d_weight")
+@given(conv_primitive_case(weight_grad=True))
+@example((CONV_PRIMITIVE_EXAMPLE, _rand((2, 2, 5, 4)), _rand((2, 3) + CONV_PRIMITIVE_EXAMPLE["out"], 1)))
+def _conv2d_weight(case_):
+    g, x, grad = case_
+    check("conv2d_weight", lambda x_, g_: ops.Conv2dWeight.apply(x_, g_, **_conv_params(g)), (x, grad))
+
+
+@st.composite
 def pool_case(draw):
     g = draw(S.window_geometry(pool=True))
     if draw(st.booleans()):  # stride omitted: defaults to the kernel
@@ -914,3 +954,22 @@ def test_op_gradcheck(name):
     CASES[name]()
     assert ORDERS.get(name) == {1, 2}, (f"the case for {name!r} checked orders {sorted(ORDERS.get(name, ()))}; "
                                         f"every primitive needs a first- and a second-order check (float64)")
+
+
+@pytest.mark.parametrize("stride, padding, dilation, bias", [(1, 1, 1, True), ((2, 1), (0, 2, 1, 0), (1, 2), False),
+                                                             (1, "same", 2, True)])
+def test_conv2d_keeping_only_its_input_equals_the_composite(monkeypatch, stride, padding, dilation, bias):
+    """F.conv2d through the conv2d primitive (F.CONV_KEEPS_INPUT_ONLY) and through the
+    composite: the same values, gradients and second derivatives (a gradient penalty)."""
+    x, w, b = _rand((2, 3, 7, 6)), _rand((4, 3, 3, 2), 1), _rand((4,), 2)
+    results = []
+    for keeps_input_only in (False, True):
+        monkeypatch.setattr(F, "CONV_KEEPS_INPUT_ONLY", keeps_input_only)
+        X, W, B = (Tensor(a, requires_grad=True) for a in (x, w, b))
+        out = F.conv2d(X, W, B if bias else None, stride, padding, dilation).tanh()
+        assert ("conv2d" in op_names(out)) == keeps_input_only
+        gx, gw = tc.grad((out * out).sum(), [X, W], create_graph=True)
+        second = tc.grad((gx * gx).sum() + (gw * gw).sum(), [X, W] + ([B] if bias else []))
+        results.append([out.numpy(), gx.numpy(), gw.numpy()] + [s.numpy() for s in second])
+    for composite, primitive in zip(*results):
+        np.testing.assert_allclose(primitive, composite, rtol=1e-10, atol=1e-10)

@@ -9,6 +9,8 @@ the branch not taken can neither overflow nor send a NaN into the gradient.
 """
 from __future__ import annotations
 
+import os as _os
+
 import numpy as np
 
 from . import ops
@@ -177,6 +179,15 @@ def _window_padding(padding):
     return padding
 
 
+# conv2d (groups 1) as the ``conv2d`` primitive, which keeps only its input for backward and
+# makes the columns again for the weight gradient, instead of the composite, which keeps the
+# columns (kH*kW times the input). Off by default: measured, the recomputation costs more time
+# than it saves (SeedCNN, FastCNN and airbench's layers; docs/performance.md, issue 18); turn
+# it on (``TINYGRAD_CNN_CONV_KEEPS_INPUT_ONLY=1``, or set this at run time) to trade that
+# time for memory (SeedCNN keeps 23 MiB instead of 54 MiB for backward at batch 128).
+CONV_KEEPS_INPUT_ONLY = _os.environ.get("TINYGRAD_CNN_CONV_KEEPS_INPUT_ONLY", "") == "1"
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-d convolution (cross-correlation, as in PyTorch) of an NCHW tensor.
 
@@ -219,6 +230,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _, _, pads, _, (ho, wo) = conv_geometry("conv2d", x.shape, (kh, kw), stride, padding, dilation)
     window = dict(kernel_size=(kh, kw), stride=stride, padding=_window_padding(pads), dilation=dilation)
     k = c_in_g * kh * kw
+    if groups == 1 and CONV_KEEPS_INPUT_ONLY:
+        return ops.Conv2d.apply(*((x, weight) if bias is None else (x, weight, bias)), **window)
     if groups == 1:
         w = weight.reshape(c_out, k)
         if bias is not None:  # [W | b] @ [cols; 1]: the bias rides in the GEMM

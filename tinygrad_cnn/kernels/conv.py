@@ -26,7 +26,7 @@ import numpy as np
 
 from ..threads import parallel_ranges
 from ..xp import array_module
-from .gemm import empty_matrix
+from .gemm import empty_matrix, product
 
 # Columns with fewer rows than this (a first layer's 27 or 28) are left unpadded: their GEMM
 # gained ~4% from padding, and their weight gradient is a product small enough to go to
@@ -193,6 +193,66 @@ def col2im_same(cols, x_shape, kernel, padding, dilation=(1, 1)):
     return out.transpose(1, 0, 2, 3)
 
 
+# ------------------------------------------------ convolutions that do not keep their columns
+
+# Images per block: as many as keep one block's columns under this many bytes (at least one
+# image). The columns of a block are made, used by one GEMM and dropped, so nothing of their
+# size outlives the call. Blocks only bound that transient for very large layers: measured,
+# smaller blocks cost time (16 MiB blocks: forward 1.5x, weight gradient 1.5x one block's, at
+# 256x64x15x15, 3x3 64->64; 256 KiB blocks 18x at SeedCNN's conv2: im2col's per-call work).
+_BLOCK_BYTES = 512 << 20
+
+
+def image_blocks(n_images, cols_bytes_per_image, block_bytes=None):
+    """[lo, hi) ranges of images whose columns take at most ``block_bytes`` (one image at least)."""
+    per = max(1, int((_BLOCK_BYTES if block_bytes is None else block_bytes) // max(1, cols_bytes_per_image)))
+    return [(lo, min(n_images, lo + per)) for lo in range(0, n_images, per)]
+
+
+def conv2d(x, w, bias, kernel, stride, padding, out_hw, dilation=(1, 1), block_bytes=None):
+    """(N, C, H, W) * (C_out, C, kH, kW) [+ (C_out,)] -> (N, C_out, Ho, Wo), stored channel-major
+    (a (C_out, N, Ho, Wo) array, returned as its permuted view, as the composite's output).
+    One GEMM ``[W | b] @ [cols; 1]`` per block of images, each block's columns made by
+    ``im2col`` and dropped after its GEMM: nothing of the size of the columns outlives the call."""
+    N = x.shape[0]
+    C_out = w.shape[0]
+    Ho, Wo = out_hw
+    L = Ho * Wo
+    xp = array_module(x, w)
+    wm = w.reshape(C_out, -1)
+    if bias is not None:
+        wm = xp.concatenate([wm, bias.reshape(C_out, 1)], axis=1)
+    out = empty_matrix(xp, C_out, N * L, x.dtype)
+    for lo, hi in image_blocks(N, wm.shape[1] * L * x.itemsize, block_bytes):
+        cols = im2col(x[lo:hi], kernel, stride, padding, out_hw, ones_row=bias is not None, dilation=dilation)
+        if lo == 0 and hi == N:
+            xp.matmul(wm, cols, out=out)
+        else:
+            out[:, lo * L:hi * L] = product(wm, cols)
+    return out.reshape(C_out, N, Ho, Wo).transpose(1, 0, 2, 3)
+
+
+def conv2d_weight(x, g, kernel, stride, padding, out_hw, dilation=(1, 1), block_bytes=None):
+    """The weight gradient of a convolution, (C_out, C, kH, kW), from its input x (N, C, H, W)
+    and output gradient g (N, C_out, Ho, Wo): ``sum over blocks of g_block @ cols_block.T``,
+    each block's columns made again by ``im2col`` (the forward kept only x) and dropped."""
+    N, C = x.shape[:2]
+    C_out = g.shape[1]
+    (kh, kw), (Ho, Wo) = kernel, out_hw
+    L = Ho * Wo
+    xp = array_module(x, g)  # noqa: F841 (the array module of the inputs: ascontiguousarray below)
+    gm = g.transpose(1, 0, 2, 3).reshape(C_out, N * L)  # free for a channel-major gradient
+    total = None
+    for lo, hi in image_blocks(N, C * kh * kw * L * x.itemsize, block_bytes):
+        cols = im2col(x[lo:hi], kernel, stride, padding, out_hw, dilation=dilation)
+        part = product(gm[:, lo * L:hi * L], cols.T)
+        if total is None:
+            total = part  # a fresh array (perhaps a transposed view of one): ours to add into
+        else:
+            total += part
+    return xp.ascontiguousarray(total).reshape(C_out, C, kh, kw)
+
+
 # ----------------------------------------------------------------- references: plain loops
 
 
@@ -241,3 +301,29 @@ def naive_col2im(cols, x_shape, kernel, stride, padding, dilation=(1, 1)):
     for row, col, n, c, r, s in naive_taps(x_shape, kernel, stride, padding, dilation):
         x[n, c, r, s] += cols[row, col]
     return x
+
+
+def naive_conv2d(x, w, bias, kernel, stride, padding, dilation=(1, 1)):
+    """out[n, o, ho, wo] = b[o] + sum over (c, i, j) of w[o, c, i, j] * x[n, c, ho*sh + i*dh - top, ...]:
+    the taps of ``naive_taps``, each added to every output channel."""
+    N = x.shape[0]
+    C_out = w.shape[0]
+    Ho, Wo = naive_out_hw(x.shape, kernel, stride, padding, dilation)
+    wm = w.reshape(C_out, -1)
+    out = np.zeros((C_out, N * Ho * Wo), dtype=x.dtype)
+    for row, col, n, c, r, s in naive_taps(x.shape, kernel, stride, padding, dilation):
+        out[:, col] += wm[:, row] * x[n, c, r, s]
+    if bias is not None:
+        out += bias.reshape(C_out, 1)
+    return out.reshape(C_out, N, Ho, Wo).transpose(1, 0, 2, 3)
+
+
+def naive_conv2d_weight(x, g, kernel, stride, padding, dilation=(1, 1)):
+    """gw[o, c, i, j] = sum over (n, ho, wo) of g[n, o, ho, wo] * x[n, c, ho*sh + i*dh - top, ...]."""
+    C_out = g.shape[1]
+    kh, kw = kernel
+    gm = g.transpose(1, 0, 2, 3).reshape(C_out, -1)
+    gw = np.zeros((C_out, x.shape[1] * kh * kw), dtype=x.dtype)
+    for row, col, n, c, r, s in naive_taps(x.shape, kernel, stride, padding, dilation):
+        gw[:, row] += gm[:, col] * x[n, c, r, s]
+    return gw.reshape(C_out, x.shape[1], kh, kw)

@@ -194,6 +194,94 @@ class Col2im(Op):
         return window_label(self.params, 1)
 
 
+# ------------------------------------------------- conv2d that keeps only its input (issue 18)
+
+
+def _conv_window(params):
+    return dict(kernel_size=params["kernel_size"], stride=params.get("stride", 1),
+                padding=params.get("padding", 0), dilation=params.get("dilation", 1))
+
+
+def conv2d_input_grad(g, w, input_shape, window):
+    """The gradient of a convolution's input (N, C, H, W) for an output gradient ``g`` and
+    weight ``w``, as Tensor code: ``col2im(W.T @ g)`` (a transposed convolution; matmul and
+    col2im, so differentiable to any order)."""
+    c_out = w.shape[0]
+    gm = g.permute(1, 0, 2, 3).reshape(c_out, -1)          # free for a channel-major gradient
+    return Col2im.apply(w.reshape(c_out, -1).T @ gm, input_shape=tuple(input_shape), **window)
+
+
+def _check_conv(name, x, w, bias=None):
+    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"{name}: expects an (N, C, H, W) input and a (C_out, C, kH, kW) weight; got "
+                         f"{x.shape} and {w.shape}")
+    if bias is not None and bias.shape != (w.shape[0],):
+        raise ValueError(f"{name}: bias must have shape ({w.shape[0]},); got {bias.shape}")
+
+
+@register
+class Conv2d(Op):
+    """A convolution (groups 1) that keeps only its input for backward, not its columns.
+
+    The composite im2col -> matmul keeps the columns for the weight gradient: kH*kW times
+    the input (airbench's step kept 7.1 GB, most of it columns). Here the forward makes the
+    columns one block of images at a time (``kernels.conv.conv2d``) and keeps none; the VJP
+    is Tensor code: the input gradient is ``col2im(W.T @ g)`` (matmul and col2im, as the
+    composite's), the weight gradient ``conv2d_weight(x, g)``, which makes the columns again
+    block by block, and the bias gradient a sum. Inputs: x, weight[, bias]."""
+
+    name = "conv2d"
+
+    def forward(self, x, w, *bias, kernel_size, stride=1, padding=0, dilation=1):
+        b = bias[0] if bias else None
+        _check_conv(self.name, x, w, b)
+        if tuple(w.shape[2:]) != tuple(as_pair(self.name, "kernel_size", kernel_size)):
+            raise ValueError(f"{self.name}: kernel_size {kernel_size!r} is not the weight's {tuple(w.shape[2:])}")
+        kernel, stride_, pads, dil, out_hw = conv_geometry(self.name, x.shape, kernel_size, stride, padding, dilation)
+        return conv_kernels.conv2d(x, w, b, kernel, stride_, pads, out_hw, dil)
+
+    def backward(self, g):
+        x, w = self.parents[0], self.parents[1]
+        need = self.needs_input_grad
+        window = _conv_window(self.params)
+        gx = conv2d_input_grad(g, w, x.shape, window) if need[0] else None
+        gw = Conv2dWeight.apply(x, g, **window) if need[1] else None
+        if len(self.parents) == 2:
+            return gx, gw
+        return gx, gw, (g.sum(axis=(0, 2, 3)) if need[2] else None)
+
+    def label(self):
+        return window_label(self.params, 1)
+
+
+@register
+class Conv2dWeight(Op):
+    """(x (N, C, H, W), g (N, C_out, Ho, Wo)) -> the weight gradient (C_out, C, kH, kW) of the
+    convolution of x with that window: ``g @ im2col(x).T``, the columns made block by block
+    and dropped (``kernels.conv.conv2d_weight``). Linear in each input: its VJP for a
+    weight-shaped ``gw`` is ``col2im(gw.T @ g)`` for x and ``conv2d(x, gw)`` for g."""
+
+    name = "conv2d_weight"
+
+    def forward(self, x, g, kernel_size, stride=1, padding=0, dilation=1):
+        kernel, stride_, pads, dil, out_hw = conv_geometry(self.name, x.shape, kernel_size, stride, padding, dilation)
+        if g.ndim != 4 or g.shape[0] != x.shape[0] or tuple(g.shape[2:]) != tuple(out_hw):
+            raise ValueError(f"{self.name}: a gradient of shape {g.shape} does not fit the convolution of {x.shape} "
+                             f"with kernel {kernel}: expected ({x.shape[0]}, C_out, {out_hw[0]}, {out_hw[1]})")
+        return conv_kernels.conv2d_weight(x, g, kernel, stride_, pads, out_hw, dil)
+
+    def backward(self, gw):
+        x, g = self.parents
+        need = self.needs_input_grad
+        window = _conv_window(self.params)
+        gx = conv2d_input_grad(g, gw, x.shape, window) if need[0] else None
+        gg = Conv2d.apply(x, gw, **window) if need[1] else None
+        return gx, gg
+
+    def label(self):
+        return window_label(self.params, 1)
+
+
 # ---------------------------------------------------------------------------- max-pooling
 
 
