@@ -26,8 +26,8 @@ from .tensor import Tensor, scope, writing
 from .threads import current_shard
 from .xp import is_floating
 
-__all__ = ["Parameter", "Module", "Linear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "ReLU", "Flatten", "Sequential",
-           "BatchNorm2d", "Dropout", "Identity",
+__all__ = ["Parameter", "Module", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Sequential",
+           "BatchNorm2d", "Dropout", "Identity", "ConvTranspose2d",
            "ModuleList", "ModuleDict", "BatchNorm1d", "LayerNorm", "GroupNorm", "Embedding",
            "LeakyReLU", "ELU", "CELU", "SELU", "GELU", "SiLU", "Softplus", "LogSigmoid", "ReLU6", "Hardtanh",
            "Hardsigmoid", "Hardswish", "Mish", "Sigmoid", "Tanh", "Softmax", "LogSoftmax"]
