@@ -1,16 +1,19 @@
-"""Time one layer's forward and backward, ours against PyTorch's CPU op, in the same process.
+"""Time one layer's forward + backward, ours against PyTorch's, on one input shape.
 
-    python -m benchmarks.layers                      # every case
-    python -m benchmarks.layers avg_pool2d_2x2 adaptive_avg_pool2d_global --rounds 7
+    python -m benchmarks.layers                          # every case in CASES
+    python -m benchmarks.layers depthwise3x3 dilated3x3  # some of them
+    python -m benchmarks.layers --batch 8 --steps 3      # a quick look
 
-``CASES`` maps a name to a layer shape: the input's shape and the call on each side. Each
-timed iteration is a forward on a fresh leaf and a backward with a fixed upstream gradient.
-Ours and torch run in alternating rounds, so machine noise hits both alike; figures are
-medians over the rounds (min-max in brackets), each round the mean of ``--repeat`` runs.
+Each case builds the same layer in both frameworks (``nn`` and ``torch.nn``, same class name
+and arguments, our weights copied into PyTorch's), then times ``out = layer(x)`` and the
+backward of ``sum(out * g)`` (the input's and the parameters' gradients). The two run in
+alternating blocks, so machine noise hits both alike; each figure is the median over the
+timed steps. Without torch installed only our times are printed.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -19,97 +22,126 @@ import time
 import numpy as np
 
 import tinygrad_cnn as tc
-import tinygrad_cnn.functional as F
+import tinygrad_cnn.nn as nn
+from tinygrad_cnn.allocator import reuse_freed_memory
 
-
-def _torch_f():
-    import torch.nn.functional as TF
-
-    return TF
-
-
-# name -> (input shape (N, C, H, W), our call, torch's call (on torch.nn.functional))
+# name -> the layer (an ``nn`` class name, the same in torch.nn), its arguments and the input
+# shape (N, C, H, W). A plain dict, one line a case, so cases from other branches merge.
 CASES = {
-    "max_pool2d_2x2": ((128, 32, 32, 32), lambda x: F.max_pool2d(x, 2), lambda TF, x: TF.max_pool2d(x, 2)),
-    "max_pool2d_3x3_s2_p1_ceil": ((128, 64, 16, 16), lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
-                                  lambda TF, x: TF.max_pool2d(x, 3, 2, 1, ceil_mode=True)),
-    "max_pool2d_3x3_dilated": ((128, 32, 16, 16), lambda x: F.max_pool2d(x, 3, 1, 1, dilation=2),
-                               lambda TF, x: TF.max_pool2d(x, 3, 1, 1, dilation=2)),
-    "avg_pool2d_2x2": ((128, 32, 32, 32), lambda x: F.avg_pool2d(x, 2), lambda TF, x: TF.avg_pool2d(x, 2)),
-    "avg_pool2d_3x3_s2_p1": ((128, 64, 16, 16), lambda x: F.avg_pool2d(x, 3, 2, 1),
-                             lambda TF, x: TF.avg_pool2d(x, 3, 2, 1)),
-    "avg_pool2d_3x3_s2_p1_ceil_exclude": ((128, 64, 16, 16),
-                                          lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
-                                          lambda TF, x: TF.avg_pool2d(x, 3, 2, 1, ceil_mode=True,
-                                                                      count_include_pad=False)),
-    "adaptive_avg_pool2d_global": ((128, 256, 8, 8), lambda x: F.adaptive_avg_pool2d(x, 1),
-                                   lambda TF, x: TF.adaptive_avg_pool2d(x, 1)),
-    "adaptive_avg_pool2d_4x4": ((128, 64, 16, 16), lambda x: F.adaptive_avg_pool2d(x, 4),
-                                lambda TF, x: TF.adaptive_avg_pool2d(x, 4)),
-    "adaptive_avg_pool2d_7x7_uneven": ((32, 64, 15, 15), lambda x: F.adaptive_avg_pool2d(x, 7),
-                                       lambda TF, x: TF.adaptive_avg_pool2d(x, 7)),
+    "conv3x3": {"layer": "Conv2d", "args": (64, 64, 3), "kwargs": {"padding": 1}, "input": (128, 64, 16, 16)},
+    "grouped3x3": {"layer": "Conv2d", "args": (64, 64, 3), "kwargs": {"padding": 1, "groups": 8},
+                   "input": (128, 64, 16, 16)},
+    "depthwise3x3": {"layer": "Conv2d", "args": (64, 64, 3), "kwargs": {"padding": 1, "groups": 64},
+                     "input": (128, 64, 16, 16)},
+    "dilated3x3": {"layer": "Conv2d", "args": (64, 64, 3), "kwargs": {"padding": 2, "dilation": 2},
+                   "input": (128, 64, 16, 16)},
+    "conv_transpose4x4s2": {"layer": "ConvTranspose2d", "args": (64, 32, 4), "kwargs": {"stride": 2, "padding": 1},
+                            "input": (128, 64, 8, 8)},
+    "max_pool2d_2x2": {"layer": "MaxPool2d", "args": (2,), "kwargs": {}, "input": (128, 32, 32, 32)},
+    "max_pool2d_3x3_s2_p1_ceil": {"layer": "MaxPool2d", "args": (3, 2, 1), "kwargs": {"ceil_mode": True},
+                                  "input": (128, 64, 16, 16)},
+    "max_pool2d_3x3_dilated": {"layer": "MaxPool2d", "args": (3, 1, 1), "kwargs": {"dilation": 2},
+                               "input": (128, 32, 16, 16)},
+    "avg_pool2d_2x2": {"layer": "AvgPool2d", "args": (2,), "kwargs": {}, "input": (128, 32, 32, 32)},
+    "avg_pool2d_3x3_s2_p1": {"layer": "AvgPool2d", "args": (3, 2, 1), "kwargs": {}, "input": (128, 64, 16, 16)},
+    "avg_pool2d_3x3_s2_p1_ceil_exclude": {"layer": "AvgPool2d", "args": (3, 2, 1),
+                                          "kwargs": {"ceil_mode": True, "count_include_pad": False},
+                                          "input": (128, 64, 16, 16)},
+    "adaptive_avg_pool2d_global": {"layer": "AdaptiveAvgPool2d", "args": (1,), "kwargs": {},
+                                   "input": (128, 256, 8, 8)},
+    "adaptive_avg_pool2d_4x4": {"layer": "AdaptiveAvgPool2d", "args": (4,), "kwargs": {}, "input": (128, 64, 16, 16)},
+    "adaptive_avg_pool2d_7x7_uneven": {"layer": "AdaptiveAvgPool2d", "args": (7,), "kwargs": {},
+                                       "input": (32, 64, 15, 15)},
 }
 
 
-def median_range(xs):
-    return statistics.median(xs), min(xs), max(xs)
-
-
-def bench(name, batch=None, dtype=np.float32, rounds=5, repeat=3, threads=2):
-    """{"name", "shape", "ours_ms": [...], "torch_ms": [...] (absent without torch)} for one case."""
-    shape, ours_fn, torch_fn = CASES[name]
-    shape = ((batch,) if batch else shape[:1]) + tuple(shape[1:])
-    rng = np.random.default_rng(0)
+def make_ours(case, batch, dtype, seed=0):
+    """Our layer, an input of the case's shape (batch ``batch`` if given) and an output gradient."""
+    cls = getattr(nn, case["layer"])
+    seeded = {"rng": np.random.default_rng(seed)} if "rng" in inspect.signature(cls).parameters else {}
+    layer = cls(*case["args"], **case["kwargs"], **seeded)  # pooling layers have no weights to draw
+    layer.astype(dtype)
+    shape = (batch or case["input"][0],) + tuple(case["input"][1:])
+    rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(shape).astype(dtype)
     with tc.no_grad():
-        g = rng.standard_normal(ours_fn(tc.Tensor(x)).shape).astype(dtype)
+        out_shape = layer(tc.Tensor(x)).shape
+    g = rng.standard_normal(out_shape).astype(dtype)
+    return layer, x, g
 
-    def ours():
-        out = ours_fn(tc.Tensor(x, requires_grad=True))
-        out.backward(g)
 
+def ours_step(layer, x, g):
+    params = [p for p in layer.parameters() if p.requires_grad]
+
+    def step():
+        for p in params:
+            p.grad = None
+        xt = tc.Tensor(x, requires_grad=True)
+        layer(xt).backward(tc.Tensor(g))
+    return step
+
+
+def torch_step(case, layer, x, g, threads):
+    """The same layer in PyTorch with our weights, or None where torch is not installed."""
     try:
         import torch
-
-        torch.set_num_threads(threads)
-        TF, tx, tg = _torch_f(), torch.from_numpy(x), torch.from_numpy(g)
-
-        def theirs():
-            out = torch_fn(TF, tx.detach().requires_grad_())
-            out.backward(tg)
     except ImportError:
-        theirs = None
+        return None
+    torch.set_num_threads(threads)
+    theirs = getattr(torch.nn, case["layer"])(*case["args"], **case["kwargs"])
+    theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in layer.state_dict().items()}, strict=True)
+    theirs = theirs.to(torch.float32 if x.dtype == np.float32 else torch.float64)
+    tx, tg = torch.from_numpy(x), torch.from_numpy(g)
 
-    for _ in range(2):  # warm-up: allocator, threads, caches
+    def step():
+        theirs.zero_grad(set_to_none=True)
+        xt = tx.clone().requires_grad_(True)
+        theirs(xt).backward(tg)
+    return step
+
+
+def _times(step, n):
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench(name, batch, dtype, steps, rounds, threads):
+    case = CASES[name]
+    layer, x, g = make_ours(case, batch, dtype)
+    ours, theirs = ours_step(layer, x, g), torch_step(case, layer, x, g, threads)
+    for _ in range(2):  # warm-up: allocator, BLAS threads, caches
         ours()
         if theirs:
             theirs()
-    times = {"ours": [], "torch": []}
+    t_ours, t_torch = [], []
+    per_round = max(1, -(-steps // rounds))
     for _ in range(rounds):
-        for side, fn in (("ours", ours), ("torch", theirs)):
-            if fn is None:
-                continue
-            t = time.perf_counter()
-            for _ in range(repeat):
-                fn()
-            times[side].append((time.perf_counter() - t) / repeat)
-    result = {"name": name, "shape": list(shape), "dtype": str(np.dtype(dtype)), "threads": threads,
-              "ours_ms": [1e3 * v for v in times["ours"]]}
+        t_ours += _times(ours, per_round)
+        if theirs:
+            t_torch += _times(theirs, per_round)
+    result = {"case": name, "layer": case["layer"], "args": list(case["args"]), "kwargs": case["kwargs"],
+              "input": list(x.shape), "dtype": str(x.dtype), "threads": threads, "steps": len(t_ours),
+              "ours_ms": 1e3 * statistics.median(t_ours)}
     if theirs:
-        result["torch_ms"] = [1e3 * v for v in times["torch"]]
-        result["ratio"] = statistics.median(times["ours"]) / statistics.median(times["torch"])
+        result["torch_ms"] = 1e3 * statistics.median(t_torch)
+        result["ratio"] = result["ours_ms"] / result["torch_ms"]
     return result
 
 
-def report(r):
-    def ms(xs):
-        m, lo, hi = median_range(xs)
-        return f"{m:8.2f} ms [{lo:.2f}-{hi:.2f}]"
+_WIDTH = max(map(len, CASES))  # the case column fits every name
 
-    line = f"{r['name']:<36} {'x'.join(map(str, r['shape'])):<16} ours {ms(r['ours_ms'])}"
-    if "torch_ms" in r:
-        line += f"  torch {ms(r['torch_ms'])}  ours/torch {r['ratio']:.2f}"
-    return line
+
+def report(results):
+    lines = [f"{'case':<{_WIDTH}} {'input':<18} {'ours ms':>9} {'torch ms':>9} {'ratio':>6}"]
+    for r in results:
+        torch_ms = f"{r['torch_ms']:9.2f}" if "torch_ms" in r else f"{'-':>9}"
+        ratio = f"{r['ratio']:6.2f}" if "ratio" in r else f"{'-':>6}"
+        lines.append(f"{r['case']:<{_WIDTH}} {'x'.join(map(str, r['input'])):<18} {r['ours_ms']:9.2f} {torch_ms} {ratio}")
+    return "\n".join(lines)
 
 
 def _at_least(low):
@@ -127,22 +159,22 @@ def _at_least(low):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.layers", description=__doc__.split("\n\n")[0])
-    p.add_argument("names", nargs="*", metavar="name", help=f"cases to run (default: all): {', '.join(CASES)}")
-    p.add_argument("--batch", type=_at_least(1), default=None, help="override each case's batch size")
+    p.add_argument("names", nargs="*", metavar="case", help=f"cases to run (default: all): {', '.join(CASES)}")
+    p.add_argument("--batch", type=_at_least(1), default=None, help="batch size (default: each case's own)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--rounds", type=_at_least(1), default=5, help="alternating rounds (the median is reported)")
-    p.add_argument("--repeat", type=_at_least(1), default=3, help="forward+backward runs per round")
-    p.add_argument("--threads", type=_at_least(1), default=2, help="torch's intra-op threads")
+    p.add_argument("--steps", type=_at_least(1), default=12, help="timed steps per framework")
+    p.add_argument("--rounds", type=_at_least(1), default=3, help="alternating blocks the steps are split into")
+    p.add_argument("--threads", type=_at_least(1), default=2)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     unknown = [n for n in args.names if n not in CASES]
     if unknown:
-        p.error(f"unknown case {unknown[0]!r}; choose from: {', '.join(CASES)}")
+        p.error(f"unknown case {', '.join(map(repr, unknown))}; choose from {', '.join(CASES)}")
+    reuse_freed_memory()  # applies to torch too: both run in this process
     results = []
     for name in args.names or list(CASES):
-        r = bench(name, args.batch, np.dtype(args.dtype), args.rounds, args.repeat, args.threads)
-        print(report(r), flush=True)
-        results.append(r)
+        results.append(bench(name, args.batch, np.dtype(args.dtype), args.steps, args.rounds, args.threads))
+        print(report(results[-1:]).split("\n", 1)[1] if len(results) > 1 else report(results), flush=True)
     if args.json:
         from tinygrad_cnn.io import atomic_write
 

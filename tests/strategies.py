@@ -188,3 +188,60 @@ def cross_entropy_cases(draw, max_n, max_c, bound, smoothings):
     targets = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, c - 1)))
     reduction = draw(st.sampled_from(["mean", "sum", "none"]))
     return logits, targets, reduction, draw(st.sampled_from(smoothings))
+
+
+# ------------------------------------------------------------------- convolution windows
+
+
+@st.composite
+def conv_window_geometry(draw, max_batch=2, max_channels=2, max_kernel=4, max_stride=3, max_dilation=3,
+                         max_padding=2, max_extra=3):
+    """``window_geometry`` for convolutions: dilation 1..3 and asymmetric padding (top,
+    bottom, left, right), each side drawn alone; sometimes symmetric (an int or a pair) or
+    'same' (stride 1), so every form conv2d takes is drawn. The input is at least as large as
+    the dilated kernel needs. Extra keys: ``dilation``, ``dilation_hw``, ``padding4``."""
+    n, c = draw(st.integers(1, max_batch)), draw(st.integers(1, max_channels))
+    kh, kw = draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))
+    dh, dw = draw(st.integers(1, max_dilation)), draw(st.integers(1, max_dilation))
+    form = draw(st.sampled_from(["four", "four", "pair", "same"]))
+    if form == "same":
+        sh = sw = 1
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads, padding = (th // 2, th - th // 2, tw // 2, tw - tw // 2), "same"
+    else:
+        sh, sw = draw(st.integers(1, max_stride)), draw(st.integers(1, max_stride))
+        if form == "pair":
+            ph, pw = draw(st.integers(0, max_padding)), draw(st.integers(0, max_padding))
+            pads, padding = (ph, ph, pw, pw), _maybe_int((ph, pw), draw(st.booleans()))
+        else:
+            pads = tuple(draw(st.integers(0, max_padding)) for _ in range(4))
+            padding = pads
+    pt, pb, pl, pr = pads
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    h = draw(st.integers(max(1, eh - pt - pb), max(1, eh - pt - pb) + max_extra))
+    w = draw(st.integers(max(1, ew - pl - pr), max(1, ew - pl - pr) + max_extra))
+    return {
+        "shape": (n, c, h, w), "kernel": (kh, kw), "stride": (sh, sw), "padding": padding,
+        "dilation": _maybe_int((dh, dw), draw(st.booleans())),
+        "kernel_hw": (kh, kw), "stride_hw": (sh, sw), "padding4": pads, "dilation_hw": (dh, dw),
+        "out": ((h + pt + pb - eh) // sh + 1, (w + pl + pr - ew) // sw + 1),
+    }
+
+
+def conv_geometry_example(shape, kernel, stride, padding, dilation):
+    """A fixed ``conv_window_geometry`` (for ``@example``): padding an int, a pair, a 4-tuple or 'same'."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    (kh, kw), (sh, sw), (dh, dw) = pair(kernel), pair(stride), pair(dilation)
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    elif isinstance(padding, (tuple, list)) and len(padding) == 4:
+        pads = tuple(padding)
+    else:
+        ph, pw = pair(padding)
+        pads = (ph, ph, pw, pw)
+    pt, pb, pl, pr = pads
+    h, w = shape[2], shape[3]
+    return {"shape": tuple(shape), "kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation,
+            "kernel_hw": (kh, kw), "stride_hw": (sh, sw), "padding4": pads, "dilation_hw": (dh, dw),
+            "out": ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)}

@@ -469,3 +469,142 @@ def test_pool_op_labels():
     (gx,) = tc.grad(avg, [x], Tensor(_rand(avg.shape), requires_grad=True), create_graph=True)
     assert gx._ctx.name == "avg_pool2d_backward" and gx._ctx.label() == "k=3x3 s=2 p=1 ceil exclude_pad"
     assert F.avg_pool2d(x, 2, divisor_override=3)._ctx.label() == "k=2x2 s=2 p=0 div=3"
+
+
+# ------------------------------------------- dilation and asymmetric padding (issue 15)
+
+CONV_CORNERS = [
+    S.conv_geometry_example((1, 1, 1, 1), 3, 1, "same", 2),              # only the centre tap lands
+    S.conv_geometry_example((2, 3, 5, 4), (3, 2), (2, 1), (0, 2, 1, 0), (2, 3)),
+    S.conv_geometry_example((1, 2, 6, 7), (2, 4), 1, "same", 1),          # even kernels: the odd pixel after
+    S.conv_geometry_example((1, 1, 9, 3), (3, 1), (3, 2), (2, 1, 0, 2), (3, 1)),
+    S.conv_geometry_example((2, 1, 4, 4), 2, 1, (1, 0, 0, 1), 1),         # stride 1, output = input, no centre
+]
+
+
+def _conv_window(g):
+    return dict(kernel_size=g["kernel"], stride=g["stride"], padding=g["padding"], dilation=g["dilation"])
+
+
+def _conv_reference(g):
+    return g["kernel_hw"], g["stride_hw"], g["padding4"], g["dilation_hw"]
+
+
+@given(S.conv_window_geometry(max_channels=3).flatmap(lambda g: st.tuples(st.just(g), S.arrays(g["shape"]))))
+@_examples(CONV_CORNERS, _with_array)
+def test_dilated_asymmetric_im2col_matches_loops(g_x):
+    g, x = g_x
+    got = F.im2col(Tensor(x), **_conv_window(g)).numpy()
+    want = naive_im2col(x, *_conv_reference(g))
+    assert got.shape == want.shape == _cols_shape(g)
+    np.testing.assert_array_equal(got, want)
+    with_ones = F.im2col(Tensor(x), ones_row=True, **_conv_window(g)).numpy()
+    np.testing.assert_array_equal(with_ones, np.vstack([want, np.ones((1, want.shape[1]))]))
+
+
+@given(S.conv_window_geometry(max_channels=3).flatmap(
+    lambda g: st.tuples(st.just(g), S.arrays(_cols_shape(g)))))
+@_examples(CONV_CORNERS, lambda g: (g, _rand(_cols_shape(g))))
+def test_dilated_asymmetric_col2im_matches_loops(g_cols):
+    g, cols = g_cols
+    got = F.col2im(Tensor(cols), g["shape"], **_conv_window(g)).numpy()
+    want = naive_col2im(cols, g["shape"], *_conv_reference(g))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    if g["stride_hw"] == (1, 1) and g["out"] == g["shape"][2:]:  # the flat-shift path: the general path's bits
+        rows = conv_kernels.col2im_rows(cols, g["shape"], g["kernel_hw"], (1, 1), g["padding4"], g["out"],
+                                        g["dilation_hw"])
+        np.testing.assert_array_equal(got, rows)
+
+
+@given(S.conv_window_geometry(max_channels=3).flatmap(
+    lambda g: st.tuples(st.just(g), S.arrays(g["shape"]), S.arrays(_cols_shape(g)))))
+@_examples(CONV_CORNERS, lambda g: (g, _rand(g["shape"]), _rand(_cols_shape(g), 1)))
+def test_dilated_asymmetric_adjoint_identity(g_x_y):
+    g, x, y = g_x_y
+    lhs = float(np.sum(F.im2col(Tensor(x), **_conv_window(g)).numpy() * y))
+    rhs = float(np.sum(x * F.col2im(Tensor(y), g["shape"], **_conv_window(g)).numpy()))
+    assert abs(lhs - rhs) <= 1e-12 * (float(np.sum(np.abs(x)) * np.max(np.abs(y), initial=0.0)) + 1.0)
+
+
+@pytest.mark.parametrize("shape,kernel,padding,dilation", [
+    ((2, 3, 5, 7), (3, 3), "same", (2, 2)), ((1, 2, 6, 6), (2, 2), "same", (1, 1)),
+    ((2, 1, 5, 4), (4, 3), "same", (1, 2)), ((3, 2, 4, 5), (3, 2), (2, 0, 0, 1), (1, 1)),
+    ((1, 1, 2, 2), (3, 3), "same", (3, 3))])   # dilated taps that land wholly outside
+@pytest.mark.parametrize("threaded", [False, True])
+def test_col2im_of_a_same_size_dilated_or_asymmetric_window(monkeypatch, shape, kernel, padding, dilation, threaded):
+    """The flat-shift path with dilated taps, and with asymmetric padding (even kernels'
+    'same', which has no centre tap to start from): the loops' values, the general path's bits."""
+    if threaded:
+        monkeypatch.setattr(threads, "_MIN_PARALLEL", 0)
+        monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
+    g = S.conv_geometry_example(shape, kernel, 1, padding, dilation)
+    assert g["out"] == shape[2:]
+    cols = _rand(_cols_shape(g))
+    got = F.col2im(Tensor(cols), shape, **_conv_window(g)).numpy()
+    np.testing.assert_allclose(got, naive_col2im(cols, shape, *_conv_reference(g)), rtol=1e-12, atol=1e-12)
+    rows = conv_kernels.col2im_rows(cols, shape, kernel, (1, 1), g["padding4"], shape[2:], dilation)
+    np.testing.assert_array_equal(got, rows)
+
+
+@pytest.mark.parametrize("g", CONV_CORNERS[1:4])
+def test_dilated_asymmetric_windows_threaded_on_channel_major_input(threads_for_everything, g):
+    x = _channel_major(_rand(g["shape"][:1] + (5,) + g["shape"][2:]))
+    cols = F.im2col(Tensor(x), **_conv_window(g)).numpy()
+    np.testing.assert_array_equal(cols, naive_im2col(x, *_conv_reference(g)))
+    y = _rand(cols.shape, 1)
+    np.testing.assert_allclose(F.col2im(Tensor(y), x.shape, **_conv_window(g)).numpy(),
+                               naive_col2im(y, x.shape, *_conv_reference(g)), rtol=1e-12, atol=1e-12)
+
+
+def test_dilated_and_asymmetric_window_labels():
+    x = Tensor(_rand((1, 2, 6, 6)), requires_grad=True)
+    assert F.im2col(x, 3, 1, (0, 1, 2, 0), dilation=2)._ctx.label() == "k=3x3 s=1 p=0,1,2,0 d=2"
+    assert F.im2col(x, (3, 2), 1, "same", dilation=(1, 2))._ctx.label() == "k=3x2 s=1 p=same d=1x2"
+    assert F.col2im(Tensor(_rand((18, 1)), requires_grad=True), x.shape, 3, 2, 0, 2)._ctx.label() == \
+        "k=3x3 s=2 p=0 d=2"
+    # a plain window's parameters and label are what they were before dilation existed
+    assert "dilation" not in F.im2col(x, 3, 1, 1)._ctx.params
+
+
+# ------------------------------- the conv2d primitive that keeps only its input (issue 18)
+
+
+def _weight(g, c_out, seed=2):
+    return _rand((c_out, g["shape"][1]) + g["kernel_hw"], seed)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 1])  # one block, and one image per block
+@given(S.conv_window_geometry(max_channels=3).flatmap(lambda g: st.tuples(st.just(g), S.arrays(g["shape"]))))
+@_examples(CONV_CORNERS, _with_array)
+def test_conv2d_kernels_match_loops(block_bytes, g_x):
+    """kernels.conv.conv2d (with and without bias) and conv2d_weight against the loops, in
+    one block and in blocks of one image."""
+    g, x = g_x
+    geometry = (g["kernel_hw"], g["stride_hw"], g["padding4"], g["out"], g["dilation_hw"], block_bytes)
+    reference = (g["kernel_hw"], g["stride_hw"], g["padding4"], g["dilation_hw"])
+    w, b = _weight(g, 2), _rand((2,), 3)
+    for bias in (None, b):
+        got = conv_kernels.conv2d(x, w, bias, *geometry)
+        np.testing.assert_allclose(got, conv_kernels.naive_conv2d(x, w, bias, *reference), rtol=1e-10, atol=1e-10)
+    grad = _rand(g["shape"][:1] + (2,) + g["out"], 4)
+    np.testing.assert_allclose(conv_kernels.conv2d_weight(x, grad, *geometry),
+                               conv_kernels.naive_conv2d_weight(x, grad, *reference), rtol=1e-10, atol=1e-10)
+
+
+def test_image_blocks_cover_the_batch_once():
+    assert conv_kernels.image_blocks(10, 100, block_bytes=350) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert conv_kernels.image_blocks(3, 1000, block_bytes=1) == [(0, 1), (1, 2), (2, 3)]  # one image at least
+    assert conv_kernels.image_blocks(4, 10, block_bytes=10 ** 6) == [(0, 4)]
+
+
+def test_conv2d_primitive_keeps_its_input_not_its_columns():
+    """What the graph keeps for backward: the composite keeps the columns (kH*kW times the
+    input), the primitive only the input and the weight."""
+    from benchmarks.step import saved_bytes
+
+    x = Tensor(_rand((4, 8, 16, 16)), requires_grad=True)
+    w = Tensor(_rand((8, 8, 3, 3), 1), requires_grad=True)
+    kept = saved_bytes(ops.Conv2d.apply(x, w, kernel_size=3, padding=1).sum())
+    assert kept <= x.data.nbytes + w.data.nbytes + 8 * 4 * 16 * 16 * 8
+    cols = saved_bytes(F.im2col(x, 3, 1, 1).sum())
+    assert cols >= 9 * x.data.nbytes

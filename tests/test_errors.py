@@ -259,5 +259,54 @@ def test_pooling_errors_name_the_function_and_argument(call, error, message):
     if message is None:  # allowed: padding up to half the undilated kernel, as PyTorch
         assert call().shape == (1, 1, 2, 2)
         return
+
+
+# ------------------------------------------------------- the convolution family (issue 15)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: F.conv2d(t(1, 4, 5, 5), t(5, 2, 3, 3), groups=2), ValueError,
+     r"conv2d: out_channels \(weight.shape\[0\]\) \(5\) must be divisible by groups \(2\)"),
+    (lambda: F.conv2d(t(1, 5, 5, 5), t(4, 2, 3, 3), groups=2), ValueError,
+     r"conv2d: in_channels \(input.shape\[1\]\) \(5\) must be divisible by groups \(2\)"),
+    (lambda: F.conv2d(t(1, 4, 5, 5), t(6, 1, 3, 3), groups=2), ValueError,
+     r"conv2d: input has 4 channels .* expects 1 per group x 2 groups = 2"),
+    (lambda: F.conv2d(t(1, 4, 5, 5), t(6, 2, 3, 3), groups=0), ValueError,
+     r"conv2d: groups must be a positive integer; got 0"),
+    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), stride=2, padding="same"), ValueError,
+     r"conv2d: padding='same' needs stride 1 \(as in PyTorch\); got stride \(2, 2\)"),
+    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), padding="full"), ValueError,
+     r"conv2d: padding must be an int, a pair, a \(top, bottom, left, right\) tuple, 'same' or 'valid'; got 'full'"),
+    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), padding=(0, 1, -1, 0)), ValueError,
+     r"conv2d: padding must be non-negative; got \(0, 1, -1, 0\)"),
+    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), padding=(0, 1, 2)), TypeError,
+     r"conv2d: padding must be an int, a pair, a \(top, bottom, left, right\) tuple of ints, 'same' or "
+     r"'valid'; got \(0, 1, 2\)"),
+    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), dilation=0), ValueError,
+     r"conv2d: dilation must be positive; got \(0, 0\)"),
+    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), dilation=3), ValueError,
+     r"conv2d: kernel 3x3 \(dilation \(3, 3\): 7x7 pixels\) is larger than the padded input 5x5"),
+    (lambda: F.conv2d(t(1, 1, 5, 5), t(1, 1, 3, 3), t(1, 1)), ValueError, r"conv2d: bias must have shape \(1,\)"),
+    (lambda: F.conv_transpose2d(t(1, 4, 3, 3), t(4, 2, 3, 3), groups=3), ValueError,
+     r"conv_transpose2d: in_channels \(weight.shape\[0\]\) \(4\) must be divisible by groups \(3\)"),
+    (lambda: F.conv_transpose2d(t(1, 3, 3, 3), t(4, 2, 3, 3)), ValueError,
+     r"conv_transpose2d: input has 3 channels \(shape \(1, 3, 3, 3\)\) but the weight \(4, 2, 3, 3\) expects 4"),
+    (lambda: F.conv_transpose2d(t(1, 1, 3, 3), t(1, 1, 3, 3), stride=2, output_padding=2), ValueError,
+     r"conv_transpose2d: output_padding \(2, 2\) must be non-negative and smaller than either the stride "
+     r"\(2, 2\) or the dilation \(1, 1\)"),
+    (lambda: F.conv_transpose2d(t(1, 1, 3, 3), t(1, 1, 3, 3), padding=-1), ValueError,
+     r"conv_transpose2d: padding must be non-negative; got -1"),
+    (lambda: F.conv_transpose2d(t(1, 1, 1, 1), t(1, 1, 1, 1), padding=1), ValueError,
+     r"conv_transpose2d: the output would be -1x-1 for input 1x1 .*: reduce the padding"),
+    (lambda: F.conv_transpose2d(t(1, 2, 3, 3), t(2, 1, 3, 3), t(3)), ValueError,
+     r"conv_transpose2d: bias must have shape \(1,\); got \(3,\)"),
+    (lambda: F.pad(t(1, 1, 3, 3), 1, mode="mirror"), ValueError,
+     r"pad: mode must be one of 'constant', 'reflect', 'replicate', 'circular'; got 'mirror'"),
+    (lambda: F.pad(t(1, 1, 3, 3), ((0, 0), (0, 0), (3, 0), (0, 0)), mode="reflect"), ValueError,
+     r"pad: reflect padding \(3, 0\) of axis 2 must be smaller than its size 3 \(input shape \(1, 1, 3, 3\)\)"),
+    (lambda: F.pad(t(1, 1, 3, 3), ((0, 0), (0, 0), (0, 0), (0, 4)), mode="circular"), ValueError,
+     r"pad: circular padding \(0, 4\) of axis 3 must be at most its size 3"),
+])
+def test_convolution_family_errors_name_the_function_and_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()

@@ -36,7 +36,7 @@ def test_seed_cnn_has_exactly_136874_parameters_and_the_seed_layers():
     assert shapes == {"conv1.weight": (16, 3, 3, 3), "conv1.bias": (16,), "conv2.weight": (32, 16, 3, 3),
                       "conv2.bias": (32,), "fc1.weight": (64, 2048), "fc1.bias": (64,),
                       "fc2.weight": (10, 64), "fc2.bias": (10,)}
-    assert m.conv1.padding == 1 and m.conv2.padding == 1
+    assert m.conv1.padding == (1, 1) and m.conv2.padding == (1, 1)  # stored as pairs, as PyTorch does
 
 
 def test_parameter_counts_of_the_other_models():

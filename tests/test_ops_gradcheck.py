@@ -477,14 +477,27 @@ def _rand(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
+# Dilated windows and asymmetric / 'same' padding (issue 15), kept small for gradcheck.
+CONV_WINDOWS = S.conv_window_geometry(max_batch=1, max_kernel=3, max_dilation=2, max_extra=2)
+DILATED_EXAMPLES = [
+    S.conv_geometry_example((1, 2, 5, 4), (3, 2), (2, 1), (0, 2, 1, 0), (2, 3)),
+    S.conv_geometry_example((1, 1, 4, 5), (2, 2), 1, "same", 1),
+]
+
+
+def _dilation(g):
+    return g.get("dilation", 1)
+
+
 @case("im2col")
-@given(S.window_geometry().flatmap(lambda g: st.tuples(st.just(g), S.arrays(g["shape"]))))
-@_with_examples(CONV_EXAMPLES, wrap=lambda g: ((g, _rand(g["shape"])),))
+@given(st.one_of(S.window_geometry(), CONV_WINDOWS).flatmap(lambda g: st.tuples(st.just(g), S.arrays(g["shape"]))))
+@_with_examples(CONV_EXAMPLES + DILATED_EXAMPLES, wrap=lambda g: ((g, _rand(g["shape"])),))
 def _im2col(g_x):
     g, x = g_x
-    check("im2col", lambda t: F.im2col(t, g["kernel"], g["stride"], g["padding"]), x)
+    check("im2col", lambda t: F.im2col(t, g["kernel"], g["stride"], g["padding"], dilation=_dilation(g)), x)
     # the appended row of ones is a constant: no gradient flows back from it
-    check("im2col", lambda t: F.im2col(t, g["kernel"], g["stride"], g["padding"], ones_row=True), x)
+    check("im2col", lambda t: F.im2col(t, g["kernel"], g["stride"], g["padding"], ones_row=True,
+                                       dilation=_dilation(g)), x)
 
 
 def _cols_shape(g):
@@ -493,12 +506,54 @@ def _cols_shape(g):
 
 
 @case("col2im")
-@given(S.window_geometry(max_channels=1, max_extra=2).flatmap(
-    lambda g: st.tuples(st.just(g), S.arrays(_cols_shape(g)))))
-@_with_examples(CONV_EXAMPLES, wrap=lambda g: ((g, _rand(_cols_shape(g))),))
+@given(st.one_of(S.window_geometry(max_channels=1, max_extra=2),
+                 S.conv_window_geometry(max_batch=1, max_channels=1, max_kernel=3, max_dilation=2, max_extra=2))
+       .flatmap(lambda g: st.tuples(st.just(g), S.arrays(_cols_shape(g)))))
+@_with_examples(CONV_EXAMPLES + DILATED_EXAMPLES, wrap=lambda g: ((g, _rand(_cols_shape(g))),))
 def _col2im(g_cols):
     g, cols = g_cols
-    check("col2im", lambda t: F.col2im(t, g["shape"], g["kernel"], g["stride"], g["padding"]), cols)
+    check("col2im", lambda t: F.col2im(t, g["shape"], g["kernel"], g["stride"], g["padding"],
+                                       dilation=_dilation(g)), cols)
+
+
+@st.composite
+def conv_primitive_case(draw, weight_grad=False):
+    """A window (dilated, asymmetric, 'same' too), an input, and the weight (for conv2d) or
+    an output gradient (for conv2d_weight); C_out 1-2, sometimes a bias."""
+    g = draw(S.conv_window_geometry(max_batch=1, max_kernel=3, max_dilation=2, max_extra=2))
+    c_out = draw(st.integers(1, 2))
+    x = draw(S.arrays(g["shape"]))
+    if weight_grad:
+        return g, x, draw(S.arrays(g["shape"][:1] + (c_out,) + g["out"]))
+    bias = draw(st.none() | S.arrays((c_out,)))
+    return g, x, draw(S.arrays((c_out, g["shape"][1]) + g["kernel_hw"])), bias
+
+
+def _conv_params(g):
+    return dict(kernel_size=g["kernel"], stride=g["stride"], padding=g["padding"], dilation=g["dilation"])
+
+
+CONV_PRIMITIVE_EXAMPLE = S.conv_geometry_example((2, 2, 5, 4), (3, 2), (2, 1), (0, 2, 1, 0), (1, 2))
+
+
+@case("conv2d")
+@given(conv_primitive_case())
+@example((CONV_PRIMITIVE_EXAMPLE, _rand((2, 2, 5, 4)), _rand((2, 2, 3, 2), 1), _rand((2,), 2)))
+def _conv2d_primitive(case_):
+    g, x, w, b = case_
+    params = _conv_params(g)
+    if b is None:
+        check("conv2d", lambda x_, w_: ops.Conv2d.apply(x_, w_, **params), (x, w))
+    else:
+        check("conv2d", lambda x_, w_, b_: ops.Conv2d.apply(x_, w_, b_, **params), (x, w, b))
+
+
+@case("conv2d_weight")
+@given(conv_primitive_case(weight_grad=True))
+@example((CONV_PRIMITIVE_EXAMPLE, _rand((2, 2, 5, 4)), _rand((2, 3) + CONV_PRIMITIVE_EXAMPLE["out"], 1)))
+def _conv2d_weight(case_):
+    g, x, grad = case_
+    check("conv2d_weight", lambda x_, g_: ops.Conv2dWeight.apply(x_, g_, **_conv_params(g)), (x, grad))
 
 
 def _all_windows_real(g):
@@ -630,6 +685,58 @@ def test_conv2d_gradcheck(case_):
         check("matmul", lambda x_, w_: F.conv2d(x_, w_, None, g["stride"], g["padding"]), (x, w))
     else:
         check("im2col", lambda x_, w_, b_: F.conv2d(x_, w_, b_, g["stride"], g["padding"]), (x, w, b))
+
+
+@st.composite
+def grouped_conv_case(draw):
+    """A grouped (sometimes depthwise), dilated, asymmetrically padded convolution."""
+    g = draw(S.conv_window_geometry(max_batch=1, max_channels=1, max_kernel=3, max_dilation=2, max_extra=2))
+    groups = draw(st.integers(1, 3))
+    c_in, c_out = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    g = dict(g, shape=(g["shape"][0], c_in) + g["shape"][2:])
+    w_shape = (c_out, c_in // groups) + g["kernel_hw"]
+    bias = draw(st.none() | S.arrays((c_out,)))
+    return g, groups, draw(S.arrays(g["shape"])), draw(S.arrays(w_shape)), bias
+
+
+@given(grouped_conv_case())
+def test_grouped_dilated_conv2d_gradcheck(case_):
+    g, groups, x, w, b = case_
+    conv = lambda x_, w_, *b_: F.conv2d(x_, w_, b_[0] if b_ else None, g["stride"], g["padding"],  # noqa: E731
+                                        g["dilation"], groups)
+    check("im2col", conv, (x, w) if b is None else (x, w, b))
+
+
+@st.composite
+def conv_transpose_case(draw):
+    groups = draw(st.integers(1, 2))
+    c_in, c_out_g = groups * draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw, dh, dw = (draw(st.integers(1, 3)) for _ in range(4))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    oph, opw = draw(st.integers(0, max(sh, dh) - 1)), draw(st.integers(0, max(sw, dw) - 1))
+    h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    # the output must have at least one pixel: (h-1)*s - 2p + d*(k-1) + op + 1 >= 1
+    ph = min(ph, ((h - 1) * sh + dh * (kh - 1) + oph) // 2)
+    pw = min(pw, ((w - 1) * sw + dw * (kw - 1) + opw) // 2)
+    x = draw(S.arrays((1, c_in, h, w)))
+    weight = draw(S.arrays((c_in, c_out_g, kh, kw)))
+    bias = draw(st.none() | S.arrays((c_out_g * groups,)))
+    return dict(stride=(sh, sw), padding=(ph, pw), output_padding=(oph, opw), groups=groups, dilation=(dh, dw)), \
+        x, weight, bias
+
+
+@given(conv_transpose_case())
+def test_conv_transpose2d_gradcheck(case_):
+    kw, x, w, b = case_
+    fn = lambda x_, w_, *b_: F.conv_transpose2d(x_, w_, b_[0] if b_ else None, **kw)  # noqa: E731
+    check("col2im", fn, (x, w) if b is None else (x, w, b))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_pad_modes_gradcheck(mode):
+    x = _rand((1, 2, 3, 4))
+    check("getitem", lambda t: F.pad(t, ((0, 0), (0, 0), (2, 1), (0, 3)), mode=mode).tanh(), x)
 
 
 @st.composite
@@ -954,3 +1061,22 @@ def test_op_gradcheck(name):
     CASES[name]()
     assert ORDERS.get(name) == {1, 2}, (f"the case for {name!r} checked orders {sorted(ORDERS.get(name, ()))}; "
                                         f"every primitive needs a first- and a second-order check (float64)")
+
+
+@pytest.mark.parametrize("stride, padding, dilation, bias", [(1, 1, 1, True), ((2, 1), (0, 2, 1, 0), (1, 2), False),
+                                                             (1, "same", 2, True)])
+def test_conv2d_keeping_only_its_input_equals_the_composite(monkeypatch, stride, padding, dilation, bias):
+    """F.conv2d through the conv2d primitive (F.CONV_KEEPS_INPUT_ONLY) and through the
+    composite: the same values, gradients and second derivatives (a gradient penalty)."""
+    x, w, b = _rand((2, 3, 7, 6)), _rand((4, 3, 3, 2), 1), _rand((4,), 2)
+    results = []
+    for keeps_input_only in (False, True):
+        monkeypatch.setattr(F, "CONV_KEEPS_INPUT_ONLY", keeps_input_only)
+        X, W, B = (Tensor(a, requires_grad=True) for a in (x, w, b))
+        out = F.conv2d(X, W, B if bias else None, stride, padding, dilation).tanh()
+        assert ("conv2d" in op_names(out)) == keeps_input_only
+        gx, gw = tc.grad((out * out).sum(), [X, W], create_graph=True)
+        second = tc.grad((gx * gx).sum() + (gw * gw).sum(), [X, W] + ([B] if bias else []))
+        results.append([out.numpy(), gx.numpy(), gw.numpy()] + [s.numpy() for s in second])
+    for composite, primitive in zip(*results):
+        np.testing.assert_allclose(primitive, composite, rtol=1e-10, atol=1e-10)

@@ -358,6 +358,23 @@ def test_product_equals_matmul_in_every_layout(shapes, layouts):
     np.testing.assert_allclose(product(a, b), a @ b, rtol=1e-12)
 
 
+@pytest.mark.parametrize("shapes", [((4, 3, 200), (4, 200, 5)),      # stacks with a long shared axis: 2-d loop
+                                    ((3, 2, 50), (3, 50, 2)), ((2, 6, 1), (2, 1, 40)),  # outer products
+                                    ((5, 1), (1, 7)), ((2, 1, 3, 1), (4, 1, 5)),        # broadcast batches
+                                    ((3, 4, 5), (3, 5, 6))])                            # the plain path
+@pytest.mark.parametrize("transposed_b", [False, True])
+def test_product_of_stacks_equals_matmul(shapes, transposed_b):
+    """The stacked paths of kernels.gemm.product (a grouped convolution's products): one 2-d
+    product per slice for long shared axes, one broadcast multiply for outer products."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(shapes[0])
+    b = rng.standard_normal(shapes[1][:-2] + shapes[1][:-3:-1]).swapaxes(-1, -2) if transposed_b \
+        else rng.standard_normal(shapes[1])
+    got = product(a, b)
+    assert got.shape == (a @ b).shape
+    np.testing.assert_allclose(got, a @ b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) < 2,
                     reason="needs a second core for this thread to run beside the worker")
 def test_a_product_with_a_small_result_lets_other_threads_run():

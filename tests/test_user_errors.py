@@ -144,3 +144,36 @@ def test_empty_batch_losses_match_torch():
 def test_pooling_layers_check_their_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: nn.Conv2d(4, 6, 3, groups=4), r"Conv2d: out_channels \(6\) must be divisible by groups \(4\)"),
+    (lambda: nn.Conv2d(3, 6, 3, groups=2), r"Conv2d: in_channels \(3\) must be divisible by groups \(2\)"),
+    (lambda: nn.Conv2d(3, 6, 3, groups=0), r"Conv2d: groups must be a positive integer; got 0"),
+    (lambda: nn.Conv2d(3, 6, 3, dilation=0), r"Conv2d: dilation must be a positive integer; got 0"),
+    (lambda: nn.Conv2d(3, 6, 3, stride=2, padding="same"), r"Conv2d: padding='same' needs stride 1"),
+    (lambda: nn.Conv2d(3, 6, 3, padding="full"), r"Conv2d: padding must be 'same', 'valid', an int, .*got 'full'"),
+    (lambda: nn.Conv2d(3, 6, 3, padding=(1, 0, -1, 0)), r"Conv2d: padding must be a non-negative integer; got -1"),
+    (lambda: nn.Conv2d(3, 6, 3, padding_mode="mirror"),
+     r"Conv2d: padding_mode must be one of 'zeros', 'reflect', 'replicate', 'circular'; got 'mirror'"),
+    (lambda: nn.ConvTranspose2d(3, 6, 3, stride=2, output_padding=2),
+     r"ConvTranspose2d: output_padding \(2, 2\) must be smaller than either the stride \(2, 2\) or the dilation"),
+    (lambda: nn.ConvTranspose2d(3, 6, 3, padding_mode="reflect"),
+     r"ConvTranspose2d: only padding_mode='zeros' is supported \(as in PyTorch\); got 'reflect'"),
+    (lambda: nn.ConvTranspose2d(4, 6, 3, groups=4), r"ConvTranspose2d: out_channels \(6\) must be divisible by groups"),
+])
+def test_conv_layer_arguments_are_checked(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_conv_transpose2d_output_size_out_of_reach():
+    layer = nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1)
+    with pytest.raises(ValueError, match=r"ConvTranspose2d: output_size \(12, 9\) is out of reach for input "
+                                         r"\(1, 2, 5, 5\): H must lie in \[9, 10\]"):
+        layer(f32(1, 2, 5, 5), output_size=(12, 9))
+
+
+def test_reflect_padding_larger_than_the_input_names_pad():
+    with pytest.raises(ValueError, match=r"pad: reflect padding \(3, 3\) of axis 2 must be smaller than its size 3"):
+        nn.Conv2d(1, 1, 3, padding=3, padding_mode="reflect")(f32(1, 1, 3, 3))

@@ -9,16 +9,18 @@ the branch not taken can neither overflow nor send a NaN into the gradient.
 """
 from __future__ import annotations
 
+import os as _os
+
 import numpy as np
 
 from . import ops
-from .ops.conv import window_geometry
+from .ops.conv import as_pair, conv_geometry
 from .tensor import Tensor, _axis, where
 from .xp import array_module, is_floating
 
 __all__ = ["conv2d", "linear", "max_pool2d", "relu", "sigmoid", "tanh", "log_softmax", "softmax",
            "cross_entropy", "nll_loss", "mse_loss", "dropout", "batch_norm", "im2col", "col2im", "pad",
-           "flatten", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+           "flatten", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "conv_transpose2d",
            # activations
            "leaky_relu", "elu", "celu", "selu", "gelu", "silu", "swish", "softplus", "logsigmoid", "relu6",
            "hardtanh", "hardsigmoid", "hardswish", "mish",
@@ -40,16 +42,23 @@ def _tensor(x, name, what):
 # ------------------------------------------------------------------------------ primitives
 
 
-def im2col(x, kernel_size, stride=1, padding=0, ones_row=False):
+def im2col(x, kernel_size, stride=1, padding=0, ones_row=False, dilation=1):
     """(N, C, H, W) -> (C*kH*kW, N*Ho*Wo) patch columns (zero padding folded in), plus a last
-    row of ones with ``ones_row``. Primitive."""
-    return ops.Im2col.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, ones_row=ones_row)
+    row of ones with ``ones_row``. ``padding``: an int, a pair, (top, bottom, left, right),
+    'same' or 'valid'. Primitive."""
+    if dilation == 1:  # the parameters as before: graphs and labels of plain windows unchanged
+        return ops.Im2col.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, ones_row=ones_row)
+    return ops.Im2col.apply(x, kernel_size=kernel_size, stride=stride, padding=padding, ones_row=ones_row,
+                            dilation=dilation)
 
 
-def col2im(cols, input_shape, kernel_size, stride=1, padding=0):
+def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     """The adjoint of ``im2col``: scatter-add columns back to an (N, C, H, W) tensor. Primitive."""
+    if dilation == 1:
+        return ops.Col2im.apply(cols, input_shape=tuple(input_shape), kernel_size=kernel_size,
+                                stride=stride, padding=padding)
     return ops.Col2im.apply(cols, input_shape=tuple(input_shape), kernel_size=kernel_size,
-                            stride=stride, padding=padding)
+                            stride=stride, padding=padding, dilation=dilation)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -221,9 +230,41 @@ def _pad_width(pad_width):
     raise TypeError(f"pad: pad_width must be an int or one (before, after) pair of ints per axis; got {pad_width!r}")
 
 
-def pad(x, pad_width, value=0.0):
-    """Constant padding; ``pad_width`` is an int or one ``(before, after)`` pair per axis. Primitive."""
-    return ops.Pad.apply(x, pad_width=_pad_width(pad_width), value=value)
+_PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def pad(x, pad_width, value=0.0, mode="constant"):
+    """Padding; ``pad_width`` is an int or one ``(before, after)`` pair per axis (numpy's form).
+
+    ``mode`` as PyTorch's: 'constant' (``value``; the ``pad`` primitive), 'reflect' (mirror
+    without repeating the edge: each pad smaller than its axis), 'replicate' (the edge
+    repeated) or 'circular' (wrap around: each pad at most its axis). The last three are one
+    ``getitem`` per padded axis with an integer index; its VJP, ``scatter_add``, adds each
+    copied element's gradient back to its source, so they are differentiable to any order."""
+    if mode == "constant":
+        return ops.Pad.apply(x, pad_width=_pad_width(pad_width), value=value)
+    if mode not in _PAD_MODES:
+        raise ValueError(f"pad: mode must be one of {', '.join(map(repr, _PAD_MODES))}; got {mode!r}")
+    _tensor(x, "pad", "input")
+    pairs = ops.shape.normalize_pad_width("pad", _pad_width(pad_width), x.ndim)
+    for axis, (before, after) in enumerate(pairs):
+        if not before and not after:
+            continue
+        n = x.shape[axis]
+        limit, rule = (n - 1, "smaller than") if mode == "reflect" else (n, "at most")
+        if n == 0 or (mode != "replicate" and max(before, after) > limit):
+            raise ValueError(f"pad: {mode} padding {(before, after)} of axis {axis} must be {rule} its size {n} "
+                             f"(input shape {x.shape})")
+        i = np.arange(-before, n + after)
+        if mode == "reflect":
+            i = np.abs(i)
+            i = np.where(i >= n, 2 * (n - 1) - i, i)
+        elif mode == "replicate":
+            i = np.clip(i, 0, n - 1)
+        else:
+            i = i % n
+        x = x[(slice(None),) * axis + (i,)]
+    return x
 
 
 def relu(x):
@@ -258,36 +299,147 @@ def flatten(x, start_dim=0, end_dim=-1):
     return _tensor(x, "flatten", "input").flatten(start_dim, end_dim)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
+def _groups(name, groups, channels):
+    """``groups`` as a positive int that divides every count in ``channels`` ({what: count})."""
+    if not _int(groups) or groups < 1:
+        raise ValueError(f"{name}: groups must be a positive integer; got {groups!r}")
+    for what, count in channels.items():
+        if count % groups:
+            raise ValueError(f"{name}: {what} ({count}) must be divisible by groups ({groups})")
+    return int(groups)
+
+
+def _window_padding(padding):
+    """A resolved (top, bottom, left, right) padding in the shortest form im2col takes (an
+    int or a pair when symmetric), so plain convolutions keep their graphs and labels."""
+    pt, pb, pl, pr = padding
+    if pt == pb and pl == pr:
+        return pt if pt == pl else (pt, pl)
+    return padding
+
+
+# conv2d (groups 1) as the ``conv2d`` primitive, which keeps only its input for backward and
+# makes the columns again for the weight gradient, instead of the composite, which keeps the
+# columns (kH*kW times the input). Off by default: measured, the recomputation costs more time
+# than it saves (SeedCNN, FastCNN and airbench's layers; docs/performance.md, issue 18); turn
+# it on (``TINYGRAD_CNN_CONV_KEEPS_INPUT_ONLY=1``, or set this at run time) to trade that
+# time for memory (SeedCNN keeps 23 MiB instead of 54 MiB for backward at batch 128).
+CONV_KEEPS_INPUT_ONLY = _os.environ.get("TINYGRAD_CNN_CONV_KEEPS_INPUT_ONLY", "") == "1"
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-d convolution (cross-correlation, as in PyTorch) of an NCHW tensor.
 
-    ``weight`` is (C_out, C_in, kH, kW), ``bias`` (C_out,). Built as im2col -> matmul ->
-    reshape -> permute; im2col folds the zero padding in so no padded copy is made. A bias
-    rides in the GEMM as ``[W | b] @ [cols; 1]`` (im2col appends the row of ones), which
-    saves a pass over the output each way.
+    ``weight`` is (C_out, C_in/groups, kH, kW), ``bias`` (C_out,). ``padding`` is an int, a
+    pair, ``(top, bottom, left, right)`` (ours: asymmetric padding without a padded copy),
+    ``'valid'`` or ``'same'`` (stride 1; an odd total goes to the bottom/right, as PyTorch).
+
+    Built as im2col -> matmul -> reshape -> permute; im2col folds the zero padding and the
+    dilation in, so no padded or dilated copy is made. A bias rides in the GEMM as
+    ``[W | b] @ [cols; 1]`` (im2col appends the row of ones), which saves a pass over the
+    output each way. With ``groups`` > 1 the columns of each group are a contiguous block of
+    rows, so the convolution is one batched GEMM over the groups,
+    ``(G, C_out/G, C_in/G*kH*kW) @ (G, C_in/G*kH*kW, N*Ho*Wo)``, with no copy (the GEMM
+    kernel runs such stacks as one 2-d product per group where numpy's stacked matmul is
+    slow, and the outer products of a depthwise column gradient as one multiply).
+    Depthwise convolutions (groups == C_in) take the same path, with no kernel of their own:
+    measured (``python -m benchmarks.layers depthwise3x3``, docs/performance.md) it runs at
+    about PyTorch's speed, since its cost is im2col's and col2im's copies, which a dedicated
+    kernel would have to make too (a tap-by-tap multiply-add reads the input kH*kW times).
     """
     _tensor(x, "conv2d", "input")
     _tensor(weight, "conv2d", "weight")
     if x.ndim != 4:
         raise ValueError(f"conv2d: expects a 4-d NCHW input; got shape {x.shape}")
     if weight.ndim != 4:
-        raise ValueError(f"conv2d: weight must be 4-d (C_out, C_in, kH, kW); got shape {weight.shape}")
-    c_out, c_in, kh, kw = weight.shape
-    if x.shape[1] != c_in:
+        raise ValueError(f"conv2d: weight must be 4-d (C_out, C_in/groups, kH, kW); got shape {weight.shape}")
+    c_out, c_in_g, kh, kw = weight.shape
+    groups = _groups("conv2d", groups, {"in_channels (input.shape[1])": x.shape[1],
+                                        "out_channels (weight.shape[0])": c_out})
+    if x.shape[1] != c_in_g * groups:
+        expects = f"{c_in_g}" if groups == 1 else f"{c_in_g} per group x {groups} groups = {c_in_g * groups}"
         raise ValueError(f"conv2d: input has {x.shape[1]} channels (shape {x.shape}) but the weight "
-                         f"{weight.shape} expects {c_in}")
-    if bias is not None and bias.shape != (c_out,):
-        raise ValueError(f"conv2d: bias must have shape ({c_out},); got {bias.shape}")
+                         f"{weight.shape} expects {expects}")
+    if bias is not None:
+        _tensor(bias, "conv2d", "bias")
+        if bias.shape != (c_out,):
+            raise ValueError(f"conv2d: bias must have shape ({c_out},); got {bias.shape}")
     n = x.shape[0]
-    # validate stride/padding/kernel here so that errors name conv2d, not the inner im2col
-    _, _, _, (ho, wo) = window_geometry("conv2d", x.shape, (kh, kw), stride, padding)
-    k = c_in * kh * kw
-    w = weight.reshape(c_out, k)
-    if bias is not None:  # [W | b] @ [cols; 1]: the bias rides in the GEMM
-        w = pad(w, ((0, 0), (0, 1))) + pad(bias.reshape(c_out, 1), ((0, 0), (k, 0)))
-    cols = im2col(x, (kh, kw), stride, padding, ones_row=bias is not None)  # (k [+ 1], N*Ho*Wo)
-    out = (w @ cols).reshape(c_out, n, ho, wo)
-    return out.permute(1, 0, 2, 3)                             # (N, C_out, Ho, Wo)
+    # validate stride/padding/dilation/kernel here so that errors name conv2d, not the inner im2col
+    _, _, pads, _, (ho, wo) = conv_geometry("conv2d", x.shape, (kh, kw), stride, padding, dilation)
+    window = dict(kernel_size=(kh, kw), stride=stride, padding=_window_padding(pads), dilation=dilation)
+    k = c_in_g * kh * kw
+    if groups == 1 and CONV_KEEPS_INPUT_ONLY:
+        return ops.Conv2d.apply(*((x, weight) if bias is None else (x, weight, bias)), **window)
+    if groups == 1:
+        w = weight.reshape(c_out, k)
+        if bias is not None:  # [W | b] @ [cols; 1]: the bias rides in the GEMM
+            w = pad(w, ((0, 0), (0, 1))) + pad(bias.reshape(c_out, 1), ((0, 0), (k, 0)))
+        cols = im2col(x, ones_row=bias is not None, **window)  # (k [+ 1], N*Ho*Wo)
+        out = (w @ cols).reshape(c_out, n, ho, wo)
+        return out.permute(1, 0, 2, 3)                             # (N, C_out, Ho, Wo)
+    cols = im2col(x, **window).reshape(groups, k, n * ho * wo)     # each group's rows, in place
+    out = (weight.reshape(groups, c_out // groups, k) @ cols).reshape(c_out, n, ho, wo).permute(1, 0, 2, 3)
+    return out if bias is None else out + bias.reshape(1, c_out, 1, 1)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """The transposed convolution (the input-gradient of conv2d, as PyTorch's), NCHW.
+
+    ``weight`` is (C_in, C_out/groups, kH, kW), ``bias`` (C_out,). The output is
+    ``(H - 1)*stride - 2*padding + dilation*(kH - 1) + output_padding + 1`` high (and so
+    wide); ``output_padding`` (smaller than the stride or the dilation) adds rows and columns
+    at the bottom/right only. A composite: one (batched, with groups) GEMM of the weight's
+    transpose with the input's pixels gives the columns, and col2im adds them into the output,
+    so it is differentiable to any order through matmul and col2im (whose VJP is im2col).
+    """
+    name = "conv_transpose2d"
+    _tensor(x, name, "input")
+    _tensor(weight, name, "weight")
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expects a 4-d NCHW input; got shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(f"{name}: weight must be 4-d (C_in, C_out/groups, kH, kW); got shape {weight.shape}")
+    c_in, c_out_g, kh, kw = weight.shape
+    if x.shape[1] != c_in:
+        raise ValueError(f"{name}: input has {x.shape[1]} channels (shape {x.shape}) but the weight "
+                         f"{weight.shape} expects {c_in}")
+    groups = _groups(name, groups, {"in_channels (weight.shape[0])": c_in})
+    c_out = c_out_g * groups
+    if bias is not None:
+        _tensor(bias, name, "bias")
+        if bias.shape != (c_out,):
+            raise ValueError(f"{name}: bias must have shape ({c_out},); got {bias.shape}")
+    (sh, sw), (dh, dw) = as_pair(name, "stride", stride), as_pair(name, "dilation", dilation)
+    (ph, pw), (oph, opw) = as_pair(name, "padding", padding), \
+        as_pair(name, "output_padding", output_padding)
+    if min(sh, sw) < 1:
+        raise ValueError(f"{name}: stride must be positive; got {stride!r}")
+    if min(dh, dw) < 1:
+        raise ValueError(f"{name}: dilation must be positive; got {dilation!r}")
+    if min(ph, pw) < 0:
+        raise ValueError(f"{name}: padding must be non-negative; got {padding!r}")
+    if min(oph, opw) < 0 or oph >= max(sh, dh) or opw >= max(sw, dw):
+        raise ValueError(f"{name}: output_padding {(oph, opw)} must be non-negative and smaller than either "
+                         f"the stride {(sh, sw)} or the dilation {(dh, dw)}")
+    n, _, h, w = x.shape
+    ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{name}: the output would be {ho}x{wo} for input {h}x{w} (kernel {(kh, kw)}, stride "
+                         f"{(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}): reduce the padding")
+    # col2im is the adjoint of the conv2d that maps an (ho, wo) image back to this (h, w)
+    # grid: padding ph on top and ph - oph below. Below zero (output_padding > padding),
+    # the last rows get no tap at all: col2im fills the rows the taps reach, then zeros.
+    cut_h, cut_w = max(0, oph - ph), max(0, opw - pw)
+    xm = x.permute(1, 0, 2, 3).reshape(groups, c_in // groups, n * h * w)
+    wm = weight.reshape(groups, c_in // groups, c_out_g * kh * kw).permute(0, 2, 1)
+    cols = (wm @ xm).reshape(c_out * kh * kw, n * h * w)
+    window = (ph, max(0, ph - oph), pw, max(0, pw - opw))
+    out = col2im(cols, (n, c_out, ho - cut_h, wo - cut_w), (kh, kw), stride, _window_padding(window), dilation)
+    if cut_h or cut_w:
+        out = pad(out, ((0, 0), (0, 0), (0, cut_h), (0, cut_w)))
+    return out if bias is None else out + bias.reshape(1, c_out, 1, 1)
 
 
 def linear(x, weight, bias=None):

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import functional as F
 from .io import CheckpointError, cast_loaded, load_arrays, save_arrays
+from .ops.conv import conv_padding
 from .optim import _zero_grad
 from .rng import default_generator
 from .tensor import Tensor, scope, writing
@@ -27,6 +28,7 @@ from .xp import is_floating
 
 __all__ = ["Parameter", "Module", "Linear", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Sequential",
            "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm2d", "Dropout", "Identity",
+           "ConvTranspose2d",
            "ModuleList", "ModuleDict", "BatchNorm1d", "LayerNorm", "GroupNorm", "Embedding",
            "LeakyReLU", "ELU", "CELU", "SELU", "GELU", "SiLU", "Softplus", "LogSigmoid", "ReLU6", "Hardtanh",
            "Hardsigmoid", "Hardswish", "Mish", "Sigmoid", "Tanh", "Softmax", "LogSoftmax"]
@@ -323,31 +325,151 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class Conv2d(Module):
-    """2-d convolution over NCHW input; weight (out_channels, in_channels, kH, kW). PyTorch's
-    default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in_channels*kH*kW."""
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, rng=None,
-                 dtype=np.float32):
+
+def _conv_padding(owner, padding, stride, dilation, kernel):
+    """A layer's ``padding`` checked at construction: 'same'/'valid', an int, an (h, w) pair or
+    (top, bottom, left, right) of non-negative ints. Returns the padding as given (a pair for
+    an int, as PyTorch stores it) and its (top, bottom, left, right) form."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{owner}: padding must be 'same', 'valid', an int, an (h, w) pair or "
+                             f"(top, bottom, left, right); got {padding!r}")
+        if padding == "same" and stride != (1, 1):
+            raise ValueError(f"{owner}: padding='same' needs stride 1 (as in PyTorch); got stride {stride}")
+        return padding, conv_padding(owner, padding, kernel, stride, dilation)
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        pads = tuple(_size(owner, "padding", v, minimum=0) for v in padding)
+        return pads, pads
+    ph, pw = _pair(owner, "padding", padding, minimum=0)
+    return (ph, pw), (ph, ph, pw, pw)
+
+
+class Conv2d(Module):
+    """2-d convolution over NCHW input; weight (out_channels, in_channels/groups, kH, kW), as
+    PyTorch's (``F.conv2d``: ``padding`` may also be 'same', 'valid' or (top, bottom, left,
+    right)). PyTorch's default init: Kaiming-uniform with a=sqrt(5), i.e. U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)) for the weight and the bias, fan_in = in_channels/groups * kH * kW.
+
+    ``padding_mode`` 'reflect', 'replicate' or 'circular' pads the input explicitly first
+    (an index gather, whose VJP adds the gradient back, so it is differentiable to any
+    order) and convolves it unpadded, as PyTorch does; 'zeros' folds the padding into im2col."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", rng=None, dtype=np.float32):
         super().__init__()
         n = "Conv2d"
         in_channels, out_channels = _size(n, "in_channels", in_channels), _size(n, "out_channels", out_channels)
         kh, kw = _pair(n, "kernel_size", kernel_size)
-        _pair(n, "stride", stride)
-        _pair(n, "padding", padding, minimum=0)
+        stride, dilation = _pair(n, "stride", stride), _pair(n, "dilation", dilation)
+        groups = _size(n, "groups", groups)
+        for what, count in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if count % groups:
+                raise ValueError(f"{n}: {what} ({count}) must be divisible by groups ({groups})")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"{n}: padding_mode must be one of {', '.join(map(repr, _PADDING_MODES))}; "
+                             f"got {padding_mode!r}")
+        self.padding, self._pads = _conv_padding(n, padding, stride, dilation, (kh, kw))
         rng = default_generator() if rng is None else rng
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
-        bound = 1.0 / math.sqrt(in_channels * kh * kw)
-        self.weight = Parameter(_uniform(rng, bound, (out_channels, in_channels, kh, kw), dtype))
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation, self.padding_mode = (kh, kw), stride, dilation, padding_mode
+        bound = 1.0 / math.sqrt(in_channels // groups * kh * kw)
+        self.weight = Parameter(_uniform(rng, bound, (out_channels, in_channels // groups, kh, kw), dtype))
         self.bias = Parameter(_uniform(rng, bound, (out_channels,), dtype)) if bias else None
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            top, bottom, left, right = self._pads
+            x = F.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=self.padding_mode)
+            padding = 0
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=padding, dilation=self.dilation,
+                        groups=self.groups)
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, bias={self.bias is not None}")
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode}"
+        return text
+
+
+class ConvTranspose2d(Module):
+    """Transposed 2-d convolution (``F.conv_transpose2d``); weight (in_channels,
+    out_channels/groups, kH, kW), as PyTorch's, and PyTorch's init (Kaiming-uniform with
+    a=sqrt(5) over PyTorch's fan_in for this layout, out_channels/groups * kH * kW, for the
+    weight and the bias). ``forward(x, output_size=None)``: an (H, W) (or a full shape) picks
+    the output_padding that reaches it, as PyTorch's. Only 'zeros' padding, as PyTorch."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1,
+                 bias=True, dilation=1, padding_mode="zeros", rng=None, dtype=np.float32):
+        super().__init__()
+        n = "ConvTranspose2d"
+        in_channels, out_channels = _size(n, "in_channels", in_channels), _size(n, "out_channels", out_channels)
+        kh, kw = _pair(n, "kernel_size", kernel_size)
+        stride, dilation = _pair(n, "stride", stride), _pair(n, "dilation", dilation)
+        padding, output_padding = _pair(n, "padding", padding, minimum=0), \
+            _pair(n, "output_padding", output_padding, minimum=0)
+        groups = _size(n, "groups", groups)
+        for what, count in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if count % groups:
+                raise ValueError(f"{n}: {what} ({count}) must be divisible by groups ({groups})")
+        if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+            raise ValueError(f"{n}: output_padding {output_padding} must be smaller than either the stride "
+                             f"{stride} or the dilation {dilation}")
+        if padding_mode != "zeros":
+            raise ValueError(f"{n}: only padding_mode='zeros' is supported (as in PyTorch); got {padding_mode!r}")
+        rng = default_generator() if rng is None else rng
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.padding, self.output_padding = (kh, kw), stride, padding, output_padding
+        self.dilation, self.padding_mode = dilation, padding_mode
+        bound = 1.0 / math.sqrt(out_channels // groups * kh * kw)
+        self.weight = Parameter(_uniform(rng, bound, (in_channels, out_channels // groups, kh, kw), dtype))
+        self.bias = Parameter(_uniform(rng, bound, (out_channels,), dtype)) if bias else None
+
+    def _output_padding(self, x, output_size):
+        if output_size is None:
+            return self.output_padding
+        size = tuple(output_size)[-2:]
+        if len(size) != 2 or len(tuple(output_size)) not in (2, 4):
+            raise ValueError(f"ConvTranspose2d: output_size must be (H, W) or (N, C, H, W); got {output_size!r}")
+        pads = []
+        for i, want in enumerate(size):
+            least = ((x.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
+                     + self.dilation[i] * (self.kernel_size[i] - 1) + 1)
+            most = least + max(self.stride[i], self.dilation[i]) - 1
+            if not least <= want <= most:
+                raise ValueError(f"ConvTranspose2d: output_size {tuple(output_size)} is out of reach for input "
+                                 f"{x.shape}: {'HW'[i]} must lie in [{least}, {most}]")
+            pads.append(want - least)
+        return tuple(pads)
+
+    def forward(self, x, output_size=None):
+        return F.conv_transpose2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                                  output_padding=self._output_padding(x, output_size), groups=self.groups,
+                                  dilation=self.dilation)
+
+    def extra_repr(self):
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.output_padding != (0, 0):
+            text += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
 
 
 def _pool_padding(owner, padding):

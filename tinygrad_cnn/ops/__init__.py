@@ -30,7 +30,7 @@ from .special import Erf, Log1p, Expm1  # noqa: E402
 from .reduce import Sum, Max, LogSoftmax  # noqa: E402
 from .shape import Reshape, Transpose, Expand, GetItem, ScatterAdd, Pad, Concatenate  # noqa: E402
 from .linalg import Matmul  # noqa: E402
-from .conv import Im2col, Col2im  # noqa: E402
+from .conv import Im2col, Col2im, Conv2d, Conv2dWeight  # noqa: E402
 from .pool import MaxPool2d, MaxPool2dBackward, MaxPool2dGather, AvgPool2d, AvgPool2dBackward  # noqa: E402
 from .norm import BatchNorm, BatchNormBackward  # noqa: E402
 
@@ -40,4 +40,5 @@ __all__ = ["Op", "REGISTRY", "register", "registry",
            "Sum", "Max", "LogSoftmax", "Reshape", "Transpose", "Expand", "GetItem",
            "ScatterAdd", "Pad", "Concatenate", "Matmul",
            "Im2col", "Col2im", "MaxPool2d", "MaxPool2dBackward", "MaxPool2dGather", "AvgPool2d",
-           "AvgPool2dBackward", "BatchNorm", "BatchNormBackward"]
+           "AvgPool2dBackward", "BatchNorm", "BatchNormBackward",
+           "Conv2d", "Conv2dWeight"]
