@@ -3,6 +3,7 @@
     python -m train.cifar10 --model seed_cnn --epochs 10 --out runs/seed_cnn
     python -m train.cifar10 --model fast_cnn --budget 1200 --out runs/fast_cnn
     python -m train.cifar10 --model seed_cnn --recipe seed --epochs 3 --out runs/seed_recipe
+    python -m train.cifar10 --model resnet20 --epochs 164 --out runs/resnet20   # He et al.'s length
 
 Each epoch appends train/test loss and accuracy and timings to ``OUT/metrics.jsonl`` and
 writes a checkpoint (model, optimizer, schedule, RNG states, epoch) atomically to
