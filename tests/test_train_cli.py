@@ -187,10 +187,10 @@ def test_a_budget_run_ends_within_its_budget(tmp_path, loads, monkeypatch, budge
 
 
 def test_one_slow_step_does_not_end_a_budget_run_before_its_first_evaluation():
-    """The first evaluation's reserve came from the latest step alone: on a loaded machine one
-    slow step made it larger than the budget left, and a 600 s resnet20 run (2.6 s steps, one
-    epoch longer than the budget) stopped training after 183 s. It now comes from the median
-    of the recent steps' speed."""
+    """The first evaluation's reserve came from the latest step alone: on a shared machine one
+    slow step could make it larger than the budget left (a 600 s resnet20 run, whose epoch is
+    longer than that, stopped training after 50 s). It now comes from the median of the
+    recent steps' speed."""
     from train.budget import Budget
 
     now = [0.0]
