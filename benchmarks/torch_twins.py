@@ -57,6 +57,76 @@ def torch_model(name):
                 x = tnn.functional.relu(x) if i < 2 else x
             return x
 
+    def conv3x3(a, b, stride=1):
+        return tnn.Conv2d(a, b, 3, stride=stride, padding=1, bias=False)
+
+    class BasicBlock(tnn.Module):  # models/resnet.py: option A shortcut, no parameters
+        def __init__(self, a, b, stride):
+            super().__init__()
+            self.conv1, self.bn1 = conv3x3(a, b, stride), tnn.BatchNorm2d(b)
+            self.conv2, self.bn2 = conv3x3(b, b), tnn.BatchNorm2d(b)
+            self.stride, self.extra = stride, b - a
+
+        def forward(self, x):
+            f = tnn.functional
+            out = self.bn2(self.conv2(f.relu(self.bn1(self.conv1(x)))))
+            short = x[:, :, ::self.stride, ::self.stride]
+            if self.extra:
+                short = f.pad(short, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+            return f.relu(out + short)
+
+    class ResNetCifar(tnn.Module):
+        def __init__(self, depth):
+            super().__init__()
+            n = (depth - 2) // 6
+            self.conv1, self.bn1 = conv3x3(3, 16), tnn.BatchNorm2d(16)
+            self.layer1, self.layer2, self.layer3 = (
+                tnn.Sequential(BasicBlock(a, b, s), *(BasicBlock(b, b, 1) for _ in range(n - 1)))
+                for a, b, s in ((16, 16, 1), (16, 32, 2), (32, 64, 2)))
+            self.fc = tnn.Linear(64, 10)
+
+        def forward(self, x):
+            x = tnn.functional.relu(self.bn1(self.conv1(x)))
+            x = self.layer3(self.layer2(self.layer1(x)))
+            return self.fc(x.mean((2, 3)))
+
+    class ConvBN9(tnn.Module):
+        def __init__(self, a, b):
+            super().__init__()
+            self.conv, self.bn = conv3x3(a, b), tnn.BatchNorm2d(b)
+
+        def forward(self, x):  # Page's order: conv -> bn -> relu (-> pool), relu applied by the caller
+            return self.bn(self.conv(x))
+
+    class Residual(tnn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.res1, self.res2 = ConvBN9(c, c), ConvBN9(c, c)
+
+        def forward(self, x):
+            f = tnn.functional
+            return x + f.relu(self.res2(f.relu(self.res1(x))))
+
+    class ResNet9(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.prep, self.layer1, self.res1 = ConvBN9(3, 64), ConvBN9(64, 128), Residual(128)
+            self.layer2, self.layer3, self.res3 = ConvBN9(128, 256), ConvBN9(256, 512), Residual(512)
+            self.fc = tnn.Linear(512, 10, bias=False)
+
+        def forward(self, x):
+            f = tnn.functional
+            x = f.relu(self.prep(x))
+            x = self.res1(f.max_pool2d(f.relu(self.layer1(x)), 2))
+            x = f.max_pool2d(f.relu(self.layer2(x)), 2)
+            x = self.res3(f.max_pool2d(f.relu(self.layer3(x)), 2))
+            x = f.adaptive_max_pool2d(x, 1).flatten(1)
+            return self.fc(x) * 0.125
+
+    if name in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"):
+        return ResNetCifar(int(name[6:]))
+    if name == "resnet9":
+        return ResNet9()
     if name in ("airbench94", "airbench93"):  # benchmarks/airbench_torch.py: the recipe's reference
         from benchmarks.airbench_torch import make_net
         from train.airbench import RECIPES

@@ -10,7 +10,7 @@ import pytest
 
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import Tensor, manual_seed, optim
-from models import MODELS, Airbench93, Airbench94, FastCNN, FCBaseline, SeedCNN
+from models import MODELS, Airbench93, Airbench94, FastCNN, FCBaseline, ResNet9, SeedCNN, resnet20
 from models.seed_cnn import seed_init
 from benchmarks.torch_twins import torch_model
 
@@ -24,7 +24,7 @@ def _images(n=4, c=3, size=32, seed=0, dtype=np.float32):
 
 def test_models_registry():
     assert MODELS == {"seed_cnn": SeedCNN, "fc": FCBaseline, "fast_cnn": FastCNN, "airbench94": Airbench94,
-                      "airbench93": Airbench93}
+                      "airbench93": Airbench93, "resnet20": resnet20, "resnet9": ResNet9}
 
 
 def test_seed_cnn_has_exactly_136874_parameters_and_the_seed_layers():

@@ -237,14 +237,101 @@ def ties(shape):
     return hnp.arrays(F64, shape, elements=st.sampled_from([-1.0, 0.0, 2.0]))
 
 
+def nans(shape):
+    return hnp.arrays(F64, shape, elements=st.sampled_from([-1.0, 2.0, np.nan]))
+
+
 @given(array_and_dim(elements=lambda s: st.one_of(values(s), ties(s))))
-def test_min_and_max_as_torch_amin_amax(case):
-    """Values over one or several axes; tied extremes share the gradient equally (amin/amax)."""
-    x, dim, keepdim = case
+def test_min_and_max_over_axis_as_torch_amin_amax(case):
+    """numpy's axis= (one axis, several, or None): the values; tied extremes share the gradient
+    equally (amin/amax). keepdims or PyTorch's keepdim alike."""
+    x, axis, keep = case
     if x.size == 0:
         return
-    check(lambda t: t.min(dim=dim, keepdim=keepdim), lambda t: t.amin(dim=_torch_dims(dim, t), keepdim=keepdim), x)
-    check(lambda t: t.max(dim=dim, keepdim=keepdim), lambda t: t.amax(dim=_torch_dims(dim, t), keepdim=keepdim), x)
+    check(lambda t: t.min(axis=axis, keepdims=keep), lambda t: t.amin(dim=_torch_dims(axis, t), keepdim=keep), x)
+    check(lambda t: t.max(axis=axis, keepdim=keep), lambda t: t.amax(dim=_torch_dims(axis, t), keepdim=keep), x)
+    if axis is None and not keep:
+        check(lambda t: t.max(), lambda t: t.max(), x)
+        check(lambda t: t.min(), lambda t: t.min(), x)
+
+
+@given(array_and_dim(elements=lambda s: st.one_of(values(s), ties(s), nans(s)), tuple_dims=False)
+       .filter(lambda c: c[1] is not None and c[0].size > 0))
+def test_min_and_max_with_dim_return_values_and_indices_as_torch(case):
+    """PyTorch's max(dim)/min(dim): a (values, indices) named tuple; the index the first
+    extreme's (the first NaN's where there is one), the gradient to that element alone, as
+    torch's. Positional (``x.max(1)``, ``x.max(1, True)``) or by keyword (``dim=``)."""
+    x, dim, keep = case
+    for name in ("max", "min"):
+        ours_in, theirs_in = Tensor(x.copy(), requires_grad=True), torch.tensor(x, requires_grad=True)
+        for ours, theirs in ((getattr(ours_in, name)(dim, keep), getattr(theirs_in, name)(dim, keep)),
+                             (getattr(Tensor(x), name)(dim=dim, keepdim=keep), getattr(torch, name)(
+                                 torch.tensor(x), dim=dim, keepdim=keep))):
+            assert type(ours).__name__ == name and ours._fields == ("values", "indices")
+            values, indices = ours  # unpacks as PyTorch's
+            assert indices is ours[1] is ours.indices and values is ours[0] is ours.values
+            assert indices.dtype == np.int64 and not indices.requires_grad
+            np.testing.assert_array_equal(indices.data, theirs.indices.numpy())
+            _close(values, theirs.values, 0, 0)  # picked, not computed: equal (NaN included)
+        g = np.random.default_rng(0).standard_normal(ours_in.shape[:0] + tuple(theirs_in.detach().numpy()
+                                                    .max(axis=dim, keepdims=keep).shape))
+        getattr(ours_in, name)(dim, keep)[0].backward(g)
+        getattr(theirs_in, name)(dim, keep)[0].backward(torch.tensor(g))
+        _close(ours_in.grad, theirs_in.grad, 0, 0)
+
+
+def test_max_with_dim_ported_from_pytorch():
+    """The bug this fixes: ``x.max(1)[0]`` used to be the values' first row, silently."""
+    x = np.array([[1.0, 5.0, 2.0], [7.0, 0.0, 7.0]])
+    t = Tensor(x, requires_grad=True)
+    assert t.max(1)[0].data.tolist() == [5.0, 7.0] and t.max(1)[1].data.tolist() == [1, 0]
+    values, idx = t.min(dim=1)
+    assert values.data.tolist() == [1.0, 0.0] and idx.data.tolist() == [0, 1]
+    assert repr(t.max(1)).startswith("max(values=Tensor(") and "indices=Tensor(" in repr(t.max(1))
+    t.max(1)[0].sum().backward()  # the values carry the gradient: to the first 7.0 only, as PyTorch's
+    assert t.grad.data.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    tt = torch.tensor(x, requires_grad=True)
+    tt.max(1)[0].sum().backward()
+    np.testing.assert_array_equal(t.grad.data, tt.grad.numpy())
+    # numpy's spelling keeps returning the values (ties share the gradient, as amax)
+    assert t.max(axis=1).data.tolist() == [5.0, 7.0] and t.max().item() == 7.0
+    # a tensor argument: the elementwise extreme, as torch.max(x, y)
+    other = Tensor(np.full((2, 3), 4.0))
+    assert t.max(other).data.tolist() == [[4.0, 5.0, 4.0], [7.0, 4.0, 7.0]]
+    assert t.min(other).data.tolist() == [[1.0, 4.0, 2.0], [4.0, 0.0, 4.0]]
+
+
+def test_max_with_dim_differentiates_twice_and_keeps_batch_shapes():
+    x = np.random.default_rng(3).standard_normal((3, 4, 2))
+    t = Tensor(x, requires_grad=True)
+    v = t.max(dim=-2, keepdim=True).values
+    assert v.shape == (3, 1, 2)
+    (gx,) = tc.grad((v * v).sum(), [t], create_graph=True)
+    (ggx,) = tc.grad(gx.sum(), [t])
+    tt = torch.tensor(x, requires_grad=True)
+    tv = tt.max(dim=-2, keepdim=True).values
+    (tgx,) = torch.autograd.grad((tv * tv).sum(), [tt], create_graph=True)
+    (tggx,) = torch.autograd.grad(tgx.sum(), [tt])
+    _close(gx, tgx)
+    _close(ggx, tggx)
+    empty = Tensor(np.zeros((0, 3)))
+    assert empty.max(1).values.shape == (0,) and empty.min(1).indices.shape == (0,)  # as PyTorch
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda t: t.max(dim=(0, 1)), TypeError, r"max: dim=\(0, 1\): PyTorch's max\(dim\) takes one axis .* "
+     r"pass axis=\(0, 1\)"),
+    (lambda t: t.min((0, 1)), TypeError, r"min: dim=\(0, 1\).*axis=\(0, 1\)"),
+    (lambda t: t.max(1, axis=0), TypeError, "max: pass dim .* or axis .*, not both"),
+    (lambda t: t.max(2), ValueError, "max: axis 2 is out of range for 2 axes"),
+    (lambda t: t.min(dim=1.5), TypeError, "min: the axis must be an int; got 1.5"),
+    (lambda t: t.max(Tensor(np.zeros((2, 3))), axis=0), TypeError, "max: with a tensor argument"),
+    (lambda t: Tensor(np.zeros((2, 0))).max(1), ValueError, r"max: axis 1 of a tensor of shape \(2, 0\) is empty"),
+    (lambda t: Tensor(np.zeros((2, 0))).min(), ValueError, r"min: cannot reduce an empty tensor of shape \(2, 0\)"),
+])
+def test_max_and_min_errors_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call(Tensor(np.ones((2, 3))))
 
 
 @given(array_and_dim(elements=lambda s: st.one_of(values(s), ties(s)), tuple_dims=False))
@@ -326,8 +413,11 @@ def test_zero_d_inputs_take_axis_0_or_minus_1_as_torch(dim):
     check(lambda t: F.log_softmax(t, dim=dim), lambda t: TF.log_softmax(t, dim=dim), x)
     check(lambda t: t.logsumexp(dim), lambda t: torch.logsumexp(t, dim), x)
     check(lambda t: t.sum(dim), lambda t: t.sum(dim), x)
-    check(lambda t: t.max(dim), lambda t: torch.amax(t, dim), x)
-    check(lambda t: t.min(dim), lambda t: torch.amin(t, dim), x)
+    check(lambda t: t.max(axis=dim), lambda t: torch.amax(t, dim), x)
+    check(lambda t: t.min(axis=dim), lambda t: torch.amin(t, dim), x)
+    check(lambda t: t.max(dim).values, lambda t: torch.max(t, dim).values, x)
+    check(lambda t: t.min(dim)[0], lambda t: torch.min(t, dim)[0], x)
+    assert Tensor(x).max(dim).indices.item() == 0 == torch.max(torch.tensor(x), dim).indices.item()
     check(lambda t: t.mean(dim), lambda t: t.mean(dim), x)
     check(lambda t: t.flip(dim), lambda t: t.flip(dim), x)
     check(lambda t: t.squeeze(dim), lambda t: t.squeeze(dim), x)

@@ -186,6 +186,22 @@ def test_a_budget_run_ends_within_its_budget(tmp_path, loads, monkeypatch, budge
         assert "**met**" in line, line
 
 
+def test_one_slow_step_does_not_end_a_budget_run_before_its_first_evaluation():
+    """The first evaluation's reserve came from the latest step alone: on a shared machine one
+    slow step could make it larger than the budget left (a 600 s resnet20 run, whose epoch is
+    longer than that, stopped training after 50 s). It now comes from the median of the
+    recent steps' speed."""
+    from train.budget import Budget
+
+    now = [0.0]
+    budget = Budget(600, clock=lambda: now[0])
+    for seconds in [2.6] * 19 + [8.0]:
+        now[0] += seconds
+        budget.note_step(seconds, 128, 10_000)
+    assert budget.eval_reserve() == pytest.approx(1.5 * 10_000 * 2.6 / 128)
+    assert budget.room_for_step()
+
+
 def test_resume_of_a_finished_budget_run_trains_nothing_and_rewrites_nothing(tmp_path, capsys, loads, monkeypatch):
     clock = FakeClock(monkeypatch)
     out = tmp_path / "done"

@@ -2,6 +2,7 @@
 
     init.dirac_(conv.weight)                       # identity filters
     init.whitening_(conv.weight, images, eps=5e-4) # a data-dependent patch-whitening filter bank
+    init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # He et al. 2015
 
 Each writes through ``tensor.writing`` (so it also works on a parameter a live graph holds,
 marking that graph stale) and returns the parameter. ``whitening_`` needs training images:
@@ -10,12 +11,15 @@ whose filters decorrelate the pixels of every patch.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .rng import default_generator
 from .tensor import Tensor, writing
 from .xp import array_module
 
-__all__ = ["dirac_", "patch_whitening", "whitening_"]
+__all__ = ["calculate_gain", "dirac_", "kaiming_normal_", "patch_whitening", "whitening_"]
 
 
 def _param(fn, weight, ndim=None):
@@ -41,6 +45,49 @@ def dirac_(weight):
         n = min(c_out, c_in)
         w[np.arange(n), np.arange(n), kh // 2, kw // 2] = 1
     return weight
+
+
+_GAINS = {"linear": 1.0, "conv1d": 1.0, "conv2d": 1.0, "conv3d": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3,
+          "relu": math.sqrt(2.0), "selu": 3.0 / 4}
+
+
+def calculate_gain(nonlinearity, param=None):
+    """The factor by which ``nonlinearity`` shrinks a signal's second moment, undone by an
+    initialisation's std (``torch.nn.init.calculate_gain``): sqrt(2) for relu,
+    sqrt(2 / (1 + a**2)) for leaky_relu with negative slope ``param`` (default 0.01)."""
+    if nonlinearity == "leaky_relu":
+        a = 0.01 if param is None else param
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+            raise ValueError(f"calculate_gain: the negative slope of leaky_relu must be a finite number; got {a!r}")
+        return math.sqrt(2.0 / (1 + a * a))
+    if nonlinearity not in _GAINS:
+        raise ValueError(f"calculate_gain: unsupported nonlinearity {nonlinearity!r}; expected one of "
+                         f"{', '.join(sorted([*_GAINS, 'leaky_relu']))}")
+    return _GAINS[nonlinearity]
+
+
+def kaiming_normal_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
+    """Fill a weight with N(0, std**2), std = gain / sqrt(fan) (He et al. 2015, "Delving deep
+    into rectifiers"), as ``torch.nn.init.kaiming_normal_``. ``mode="fan_in"`` keeps the
+    forward signal's variance, ``"fan_out"`` the backward gradient's (torchvision's ResNets);
+    fan_in = in_features * kernel area, fan_out = out_features * kernel area. ``generator``:
+    a ``numpy.random.Generator`` (default: the one ``tc.manual_seed`` seeds)."""
+    _param("kaiming_normal_", tensor)
+    if tensor.ndim < 2:
+        raise ValueError(f"kaiming_normal_: fan in and fan out need a weight of at least 2 axes "
+                         f"(out, in, *kernel); got shape {tensor.shape}")
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"kaiming_normal_: mode must be 'fan_in' or 'fan_out'; got {mode!r}")
+    receptive = int(np.prod(tensor.shape[2:], dtype=np.int64))
+    fan = (tensor.shape[1] if mode == "fan_in" else tensor.shape[0]) * receptive
+    if fan == 0:
+        raise ValueError(f"kaiming_normal_: a weight of shape {tensor.shape} has {mode} 0")
+    std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
+    rng = default_generator() if generator is None else generator
+    values = rng.standard_normal(tensor.shape) * std
+    with writing(tensor.data, "init.kaiming_normal_") as w:
+        w[...] = array_module(w).asarray(values, dtype=w.dtype)
+    return tensor
 
 
 def patch_whitening(images, kernel_size=2, eps=5e-4):

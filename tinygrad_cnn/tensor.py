@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections import namedtuple
 from contextlib import contextmanager
 
 import numpy as np
@@ -702,9 +703,15 @@ class Tensor:
 
     broadcast_to = expand
 
-    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
-        return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """The maximum, by PyTorch's rule when ``dim`` is given (``x.max(1)``, ``x.max(dim=1)``,
+        ``x.max(1, True)``): a named tuple ``(values, indices)`` along that one axis, as
+        ``torch.max(x, dim)``, the index the first maximum's (the first NaN's, if any) and the
+        values' gradient going to that element alone. With numpy's ``axis=`` (one axis, a
+        tuple, or None), or no axis at all: the values only, as numpy's ``max`` and PyTorch's
+        ``amax``, tied maxima sharing the gradient equally. ``x.max(other)`` with a tensor is
+        ``x.maximum(other)``, as PyTorch's."""
+        return self._extreme("max", dim, keepdim, axis, keepdims)
 
     def reshape(self, *shape):
         return _ops.Reshape.apply(self, shape=_shape_arg(shape, "reshape", allow_minus_one=True))
@@ -853,13 +860,46 @@ class Tensor:
 
     clip = clamp
 
-    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        """The minimum over axes (the values, as numpy's ``min`` and PyTorch's ``amin``); tied
-        minima share the gradient equally."""
-        axis, keepdims = _torch_names(axis, keepdims, dim, keepdim)
-        if self.numel() == 0:
-            raise ValueError(f"min: cannot reduce an empty tensor of shape {self.shape}")
-        return -((-self).max(axis=axis, keepdims=keepdims))
+    def min(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """The minimum, as ``max``: ``(values, indices)`` with ``dim`` (``torch.min(x, dim)``),
+        the values only with ``axis=`` or no axis (numpy's ``min``, PyTorch's ``amin``);
+        ``x.min(other)`` with a tensor is ``x.minimum(other)``."""
+        return self._extreme("min", dim, keepdim, axis, keepdims)
+
+    def _extreme(self, name, dim, keepdim, axis, keepdims):
+        """``max``/``min``: PyTorch's (values, indices) along ``dim``, numpy's values over ``axis``."""
+        if isinstance(dim, Tensor):  # torch.max(x, other): the elementwise maximum
+            if keepdim or keepdims or axis is not None:
+                raise TypeError(f"{name}: with a tensor argument ({name}imum of two tensors) pass no axis or keepdim")
+            return self.maximum(dim) if name == "max" else self.minimum(dim)
+        if dim is not None and axis is not None:
+            raise TypeError(f"{name}: pass dim (PyTorch's {name}(dim): values and indices) or axis (numpy's: the "
+                            f"values), not both; got dim={dim!r} and axis={axis!r}")
+        keep = bool(keepdim or keepdims)  # PyTorch's spelling or numpy's
+        if dim is None:  # the values over axis (None: all of them)
+            if self.numel() == 0:
+                raise ValueError(f"{name}: cannot reduce an empty tensor of shape {self.shape}")
+            if name == "max":
+                return _ops.Max.apply(self, axis=axis, keepdims=keep)
+            return -_ops.Max.apply(-self, axis=axis, keepdims=keep)
+        if isinstance(dim, (tuple, list)):
+            raise TypeError(f"{name}: dim={dim!r}: PyTorch's {name}(dim) takes one axis and returns (values, "
+                            f"indices); for the values over several axes pass axis={tuple(dim)!r}")
+        d = _axis(name, dim, max(self.ndim, 1))
+        xp = array_module(self.data)
+        if self.ndim == 0:  # a 0-d tensor's only element, at index 0 (PyTorch accepts dim 0 or -1)
+            return _EXTREMES[name](self.reshape(()), Tensor._wrap(xp.zeros((), dtype=np.int64), False))
+        if self.shape[d] == 0:
+            raise ValueError(f"{name}: axis {d} of a tensor of shape {self.shape} is empty: it has no {name}imum")
+        picked = getattr(xp, "arg" + name)(self.data, axis=d, keepdims=True)
+        index = list(xp.indices(picked.shape, sparse=True))
+        index[d] = picked
+        values = self[tuple(index)]  # the gradient goes to the picked elements only (PyTorch's rule)
+        indices = xp.asarray(picked, dtype=np.int64)
+        if not keep:
+            shape = self.shape[:d] + self.shape[d + 1:]
+            values, indices = values.reshape(shape), indices.reshape(shape)
+        return _EXTREMES[name](values, Tensor._wrap(indices, False))
 
     def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         """The index of the largest element along ``axis`` (of the flattened tensor when
@@ -998,6 +1038,13 @@ class Tensor:
     def dim(self):
         """The number of axes (PyTorch's ``x.dim()``, numpy's ``ndim``)."""
         return self.ndim
+
+
+# What x.max(dim) and x.min(dim) return: PyTorch's torch.return_types.max/min, a tuple
+# (values, indices) whose fields are named too.
+MaxResult = namedtuple("max", ("values", "indices"))
+MinResult = namedtuple("min", ("values", "indices"))
+_EXTREMES = {"max": MaxResult, "min": MinResult}
 
 
 def _torch_names(axis, keepdims, dim, keepdim):

@@ -4,12 +4,15 @@
 the evaluation after it still fit (:meth:`Budget.room_for_step`), and runs the learning-rate
 schedule on the share of the training time used (:meth:`Budget.progress`). Both rest on
 estimates kept here: the longest recent step, and the longest evaluation so far times 1.5
-(before the first evaluation: the test set at the training speed, about three times what a
-forward pass needs). A safety margin of 0.5% of the budget (at least 0.2 s) absorbs the noise
+(before the first evaluation: the test set at the median recent training speed, about three
+times what a forward pass needs; the median, because on a shared machine one slow step would
+otherwise reserve far too much and end a run whose first epoch is longer than its budget
+early). A safety margin of 0.5% of the budget (at least 0.2 s) absorbs the noise
 of a shared machine, so a 300 s run reports at most 300 s, as the report checks.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 
@@ -29,6 +32,7 @@ class Budget:
         self.started = self.clock() - spent
         self.margin = max(MARGIN * self.seconds, MIN_MARGIN)
         self.steps = deque(maxlen=RECENT_STEPS)
+        self.rates = deque(maxlen=RECENT_STEPS)  # seconds per training image of the recent steps
         self.eval_time = eval_time        # the longest evaluation so far (None: none yet)
         self.eval_guess = 0.0             # before any: the test set at the training speed
 
@@ -41,7 +45,8 @@ class Budget:
         images it trained on and how many the evaluation will see)."""
         self.steps.append(seconds)
         if images and seconds > 0:
-            self.eval_guess = test_images * seconds / images
+            self.rates.append(seconds / images)
+            self.eval_guess = test_images * statistics.median(self.rates)
 
     def note_eval(self, seconds: float) -> None:
         self.eval_time = seconds if self.eval_time is None else max(self.eval_time, seconds)

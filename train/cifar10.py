@@ -3,6 +3,7 @@
     python -m train.cifar10 --model seed_cnn --epochs 10 --out runs/seed_cnn
     python -m train.cifar10 --model fast_cnn --budget 1200 --out runs/fast_cnn
     python -m train.cifar10 --model seed_cnn --recipe seed --epochs 3 --out runs/seed_recipe
+    python -m train.cifar10 --model resnet20 --epochs 164 --out runs/resnet20   # He et al.'s length
 
 Each epoch appends train/test loss and accuracy and timings to ``OUT/metrics.jsonl`` and
 writes a checkpoint (model, optimizer, schedule, RNG states, epoch) atomically to
@@ -77,6 +78,16 @@ DEFAULTS = {
                      micro_batch=PER_THREAD, micro_threads=2),
     "fc": dict(optimizer="adam", lr=1e-3, schedule="onecycle", batch_size=128, weight_decay=0.0,
                augment=False, label_smoothing=0.0, epochs=5),
+    # He et al. 2016, section 4.2: SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, crop and flip.
+    # Cosine stands in for their steps (lr / 10 at 50% and 75% of 164 epochs): it also runs on a --budget.
+    "resnet20": dict(optimizer="sgd", lr=0.1, schedule="cosine", batch_size=128, weight_decay=1e-4, momentum=0.9,
+                     nesterov=False, augment=True, label_smoothing=0.0, epochs=10, micro_batch=PER_THREAD,
+                     micro_threads=2),
+    # Page's DAWNBench ResNet-9: batch 512, Nesterov SGD, momentum 0.9, weight decay 5e-4, a linear warm-up
+    # to lr 0.4 at 5/24 of the run then down to 0 (onecycle peaks at 1/4), crop and flip (24 epochs).
+    "resnet9": dict(optimizer="sgd", lr=0.4, schedule="onecycle", batch_size=512, weight_decay=5e-4, momentum=0.9,
+                    nesterov=True, augment=True, label_smoothing=0.0, epochs=10, micro_batch=PER_THREAD,
+                    micro_threads=2),
 }
 # The airbench recipes (train/airbench.py): lr and weight decay in airbench's decoupled form,
 # epochs None = the recipe's own (9.9 / 11); the batch runs as two synchronised shards.
