@@ -35,7 +35,7 @@ def test_resnet20_has_the_papers_0_27m_parameters_and_its_layers():
     convs = [mod for mod in m.modules() if type(mod).__name__ == "Conv2d"]
     assert len(convs) == 19 and all(c.bias is None and c.kernel_size == (3, 3) for c in convs)
     assert [len(s) for s in (m.layer1, m.layer2, m.layer3)] == [3, 3, 3]
-    assert [s[0].conv1.stride for s in (m.layer1, m.layer2, m.layer3)] == [1, 2, 2]
+    assert [s[0].conv1.stride for s in (m.layer1, m.layer2, m.layer3)] == [(1, 1), (2, 2), (2, 2)]
     assert [s[-1].conv2.out_channels for s in (m.layer1, m.layer2, m.layer3)] == [16, 32, 64]
     assert m.fc.weight.shape == (10, 64) and m.fc.bias is not None
     # option A: the shortcuts have no parameters

@@ -374,7 +374,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if groups == 1:
         w = weight.reshape(c_out, k)
         if bias is not None:  # [W | b] @ [cols; 1]: the bias rides in the GEMM
-            w = pad(w, ((0, 0), (0, 1))) + pad(bias.reshape(c_out, 1), ((0, 0), (k, 0)))
+            w = ops.Concatenate.apply(w, bias.reshape(c_out, 1), axis=1)
         cols = im2col(x, ones_row=bias is not None, **window)  # (k [+ 1], N*Ho*Wo)
         out = (w @ cols).reshape(c_out, n, ho, wo)
         return out.permute(1, 0, 2, 3)                             # (N, C_out, Ho, Wo)

@@ -866,6 +866,15 @@ class Tensor:
         ``x.min(other)`` with a tensor is ``x.minimum(other)``."""
         return self._extreme("min", dim, keepdim, axis, keepdims)
 
+    def amax(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """The maximum values over ``dim`` (one axis, a tuple, or None for all), as
+        ``torch.amax``: values only, tied maxima sharing the gradient equally."""
+        return self._extreme("max", None, keepdim, _one_of("amax", dim, axis), keepdims)
+
+    def amin(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """The minimum values over ``dim``, as ``torch.amin`` (see ``amax``)."""
+        return self._extreme("min", None, keepdim, _one_of("amin", dim, axis), keepdims)
+
     def _extreme(self, name, dim, keepdim, axis, keepdims):
         """``max``/``min``: PyTorch's (values, indices) along ``dim``, numpy's values over ``axis``."""
         if isinstance(dim, Tensor):  # torch.max(x, other): the elementwise maximum
@@ -1080,6 +1089,13 @@ def where(condition, input, other):
     a = input if isinstance(input, Tensor) else other._lift(input)
     b = other if isinstance(other, Tensor) else input._lift(other)
     return _ops.Where.apply(a, b, condition=cond)
+
+
+def _one_of(name, dim, axis):
+    """``dim`` (PyTorch's name) or ``axis`` (numpy's), not both."""
+    if dim is not None and axis is not None:
+        raise TypeError(f"{name}: pass dim or axis, not both; got dim={dim!r} and axis={axis!r}")
+    return axis if dim is None else (tuple(dim) if isinstance(dim, list) else dim)
 
 
 def _unwrap_index(index):
