@@ -186,6 +186,19 @@ def _erf(x):
     check("erf", lambda t: t.erf(), x)
 
 
+@case("gelu")
+@given(S.shapes().flatmap(lambda s: S.arrays(s, -4.0, 4.0)), st.sampled_from(["none", "tanh"]))
+def _gelu(x, approximate):
+    check("gelu", lambda t: F.gelu(t, approximate=approximate), x)
+
+
+@case("gelu_backward")
+@given(S.shapes().flatmap(lambda s: st.tuples(S.arrays(s), S.arrays(s, -4.0, 4.0))),
+       st.sampled_from(["none", "tanh"]))
+def _gelu_backward(g_x, approximate):
+    check("gelu_backward", lambda g, x: ops.GeluBackward.apply(g, x, approximate=approximate), g_x)
+
+
 @case("log1p")
 @given(S.shapes().flatmap(lambda s: S.arrays(s, -0.5, 3.0)))
 def _log1p(x):
