@@ -1,7 +1,7 @@
 """Where airbench's time goes, ours against PyTorch: whole recipe steps, and layer by layer.
 
     python -m benchmarks.airbench_speed steps --model airbench94 --data ../shared/data/cifar-10-binary.tar.gz
-    python -m benchmarks.airbench_speed layers --model airbench94 --batch 512
+    python -m benchmarks.airbench_speed layers --model airbench94 --batch 512 [--only GELU,BatchNorm]
 
 ``steps`` times training steps of the recipe as the two runs take them (ours: ``train.airbench``'s
 loader, two synchronised shards, Nesterov groups, schedule and lookahead; PyTorch:
@@ -177,7 +177,7 @@ def _layer_cases(widths, batch, rng):
             (f"conv {w3}->{w3} @3", conv(w3, w3, 3, 1, 3), 1)]
 
 
-def layers(model, batch, reps, log=print):
+def layers(model, batch, reps, only=None, log=print):
     import torch
 
     from tinygrad_cnn.blas import blas_threads
@@ -190,6 +190,8 @@ def layers(model, batch, reps, log=print):
     log(f"{model}, batch {batch}, one thread each, forward + backward (ms), x = times in the network")
     with run_serially(), blas_threads(1):
         for name, (ours, theirs), times in _layer_cases(RECIPES[model].widths, batch, rng):
+            if only and not any(word.lower() in name.lower() for word in only):
+                continue
             ours()
             theirs()
             o = min(_median_time(ours, reps), _median_time(ours, reps))
@@ -197,7 +199,7 @@ def layers(model, batch, reps, log=print):
             total_ours += times * o
             total_torch += times * t
             log(f"  {name:<32} x{times}  ours {1e3 * o:8.1f}  torch {1e3 * t:8.1f}  ratio {o / t:5.2f}")
-    log(f"  {'the network (sum)':<35} ours {1e3 * total_ours:8.1f}  torch {1e3 * total_torch:8.1f}  "
+    log(f"  {'the network (sum)' if not only else 'these rows (sum)':<35} ours {1e3 * total_ours:8.1f}  torch {1e3 * total_torch:8.1f}  "
         f"ratio {total_ours / total_torch:5.2f}")
     return total_ours, total_torch
 
@@ -219,6 +221,8 @@ def main(argv=None):
     lay.add_argument("--model", choices=sorted(RECIPES), default="airbench94")
     lay.add_argument("--batch", type=int, default=512)
     lay.add_argument("--reps", type=int, default=2)
+    lay.add_argument("--only", type=lambda v: [w for w in v.split(",") if w],
+                     help="comma-separated words: time only the rows whose name contains one (e.g. GELU,BatchNorm)")
     args = p.parse_args(argv)
     try:
         import torch  # noqa: F401
@@ -231,7 +235,7 @@ def main(argv=None):
     if args.what == "steps":
         steps(args.model, args.data, args.threads, args.per_block, args.rounds, args.micro_batch, args.images)
     else:
-        layers(args.model, args.batch, args.reps)
+        layers(args.model, args.batch, args.reps, args.only)
     return 0
 
 

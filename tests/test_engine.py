@@ -242,6 +242,7 @@ DTYPE_CASES = {
                    [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
     "batch_norm_backward": (lambda g, x, w: ops.BatchNormBackward.apply(g, x, w)[0],  # g_x; others get zeros
                             [_vals((3, 2, 2, 2)), _vals((3, 2, 2, 2)), _vals((2,))]),
+    "channel_affine": (lambda x, a, b: ops.ChannelAffine.apply(x, a, b), [_vals((3, 2, 2)), _vals((2,)), _vals((2,))]),
     "pow_tensor": (lambda a, b: a ** b, [_vals((2, 3), 0.5, 2.0), _vals((3,))]),
     "where": (lambda a, b: F.where(np.array([True, False, True]), a, b), [_vals((2, 3)), _vals((3,))]),
     "erf": (lambda a: a.erf(), [_vals((3,))]),

@@ -361,8 +361,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Tr
 
     In training it normalises with the batch statistics (the ``batch_norm`` primitive) and
     updates ``running_mean`` and ``running_var`` (ndarrays, in place; the unbiased variance,
-    as PyTorch); in evaluation it is the affine map those statistics define, composed from
-    primitives."""
+    as PyTorch); in evaluation it is the affine map those statistics define (the
+    ``channel_affine`` primitive, one pass, with its scale and shift from the statistics,
+    weight and bias)."""
     _tensor(x, "batch_norm", "input")
     if x.ndim < 2:
         raise ValueError(f"batch_norm: expects (N, C, ...) input; got shape {x.shape}")
@@ -378,10 +379,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Tr
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm: evaluation (training=False) normalises with running_mean and "
                          "running_var; got None (pass the statistics, or training=True for the batch's own)")
-    shape = (1, c) + (1,) * (x.ndim - 2)
-    centered = x - Tensor(running_mean.reshape(shape).astype(x.dtype, copy=False))
-    scale = Tensor((1.0 / xp.sqrt(running_var.reshape(shape) + eps)).astype(x.dtype, copy=False))
-    return centered * (scale * weight.reshape(*shape)) + bias.reshape(*shape)
+    # x * a + b per channel (one pass, as PyTorch's), a = weight / sqrt(var + eps), b = bias - mean * a
+    scale = weight * Tensor((1.0 / xp.sqrt(running_var + eps)).astype(x.dtype, copy=False))
+    shift = bias - Tensor(running_mean.astype(x.dtype, copy=False)) * scale
+    return ops.ChannelAffine.apply(x, scale, shift)
 
 
 # ------------------------------------------------------------------------------ activations

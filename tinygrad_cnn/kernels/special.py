@@ -206,6 +206,16 @@ def _phi_tail(a, e, t, out):
     out *= e
 
 
+def _store(ufunc, a, b, o, lo, hi):
+    """o[lo:hi] = ufunc(a, b): straight into the output when it has the computing dtype,
+    else through the block's ``a`` and one rounding."""
+    if o.dtype == a.dtype:
+        ufunc(a, b, out=o[lo:hi])
+    else:
+        ufunc(a, b, out=a)
+        o[lo:hi] = a
+
+
 def _compute_dtype(x):
     return np.float64 if x.dtype == np.float64 else np.float32
 
@@ -228,8 +238,7 @@ def gelu(x, approximate="none"):
         _phi_tail(a, e, t, q)
         q *= a
         np.maximum(xb, 0.0, out=t)
-        np.subtract(t, q, out=t)
-        o[lo:hi] = t
+        _store(np.subtract, t, q, o, lo, hi)
 
     def tanh(lo, hi, t, h):  # 0.5 x (1 + tanh(k x (1 + a x^2)))
         xb = xf[lo:hi].astype(dt, copy=False)
@@ -240,8 +249,7 @@ def gelu(x, approximate="none"):
         np.tanh(t, out=t)
         t += 1.0
         np.multiply(xb, 0.5, out=h)
-        h *= t
-        o[lo:hi] = h
+        _store(np.multiply, h, t, o, lo, hi)
 
     if approximate == "none":
         _in_blocks(array_module(o), o.size, dt, 4, exact)
@@ -273,8 +281,7 @@ def gelu_backward(g, x, approximate="none"):
         np.multiply(xb, e, out=t)
         t *= _INV_SQRT_2PI
         q += t
-        q *= gb
-        o[lo:hi] = q
+        _store(np.multiply, q, gb, o, lo, hi)
 
     def tanh(lo, hi, s, e, r, d):
         # d/dx = (1 + t) / 2 + x (1 - t^2) u' / 2, t = tanh(u), u = k x (1 + a x^2),
@@ -299,8 +306,7 @@ def gelu_backward(g, x, approximate="none"):
         s *= r                                  # x (1 - t^2) u' / 2 = 2 x u' e r^2
         np.copyto(e, r, where=xb >= 0)          # (1 + t) / 2
         np.add(s, e, out=d)
-        d *= gb
-        o[lo:hi] = d
+        _store(np.multiply, d, gb, o, lo, hi)
 
     if approximate == "none":
         _in_blocks(array_module(o), o.size, dt, 4, exact)

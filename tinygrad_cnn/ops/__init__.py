@@ -31,7 +31,7 @@ from .reduce import Sum, Max, LogSoftmax  # noqa: E402
 from .shape import Reshape, Transpose, Expand, GetItem, ScatterAdd, Pad, Concatenate  # noqa: E402
 from .linalg import Matmul  # noqa: E402
 from .conv import Im2col, Col2im, MaxPool2d, MaxPool2dBackward, MaxPool2dGather  # noqa: E402
-from .norm import BatchNorm, BatchNormBackward  # noqa: E402
+from .norm import BatchNorm, BatchNormBackward, ChannelAffine  # noqa: E402
 
 __all__ = ["Op", "REGISTRY", "register", "registry",
            "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Maximum", "Relu", "ReluBackward",
@@ -39,4 +39,4 @@ __all__ = ["Op", "REGISTRY", "register", "registry",
            "Sum", "Max", "LogSoftmax", "Reshape", "Transpose", "Expand", "GetItem",
            "ScatterAdd", "Pad", "Concatenate", "Matmul",
            "Im2col", "Col2im", "MaxPool2d", "MaxPool2dBackward", "MaxPool2dGather", "BatchNorm",
-           "BatchNormBackward"]
+           "BatchNormBackward", "ChannelAffine"]
