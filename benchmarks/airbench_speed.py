@@ -11,7 +11,9 @@ times our step as one pass over the batch instead of shards.
 
 ``layers`` times forward + backward of each layer shape of the network on one thread each (a
 training shard's share of the work: ``--batch 512`` is one of the two shards of 1,024), ours and
-PyTorch's alternately, best of the medians of two blocks: which kernels lose how much.
+PyTorch's alternately, best of the medians of two blocks: which kernels lose how much. BatchNorm
+and GELU get their input in the layout each framework's convolutions produce (ours
+channel-major, PyTorch's NCHW).
 The machine is shared and noisy: only ratios from the same run mean anything.
 """
 from __future__ import annotations
@@ -118,9 +120,11 @@ def _layer_cases(widths, batch, rng):
     import tinygrad_cnn.functional as F
     from models.airbench import gelu
 
-    def pair(build_ours, build_torch, shape):
+    def pair(build_ours, build_torch, shape, channel_major=False):
         x = rng.standard_normal(shape).astype(np.float32)
         tx = torch.from_numpy(x.copy()).requires_grad_()
+        if channel_major:  # the layout our convolutions (and pooling) hand to BatchNorm and GELU
+            x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
 
         def ours():
             xt = tc.Tensor(x, requires_grad=True)
@@ -149,10 +153,10 @@ def _layer_cases(widths, batch, rng):
         bn = torch.nn.BatchNorm2d(c, eps=1e-12, momentum=0.4)
         bn.weight.requires_grad_(False)
         return pair(lambda x: F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.4, eps=1e-12), bn,
-                    (batch, c, size, size))
+                    (batch, c, size, size), channel_major=True)
 
     def act(c, size):
-        return pair(gelu, torch.nn.functional.gelu, (batch, c, size, size))
+        return pair(gelu, torch.nn.functional.gelu, (batch, c, size, size), channel_major=True)
 
     def pool(c, size):
         return pair(lambda x: F.max_pool2d(x, 2), lambda x: torch.nn.functional.max_pool2d(x, 2), (batch, c, size, size))

@@ -22,6 +22,7 @@ import numpy as np
 from ..threads import current_shard, parallel_ranges
 from ..xp import array_module
 
+_NEAR = 4.0  # |mean| / std below which the normalisation is x * a + b (see _affine_from_mean)
 _CHUNK = 1 << 18  # elements per block of channels: enough work per call that numpy's overhead is small,
 # few enough that a block (and its float64 copy while summing) stays in L2
 
@@ -38,9 +39,10 @@ def batch_norm(x, weight, bias, eps, running_mean=None, running_var=None, moment
     Per block of channels: the statistics in one pass (float64 sums of d and d^2 for
     d = x - shift, ``shift`` each channel's mean over the first example, so that d is small
     and the variance ``sum(d^2)/n - (sum(d)/n)^2`` keeps its digits for data whose mean is far
-    larger than its spread), then ``out = (x - m) * a + b`` while the block is in cache, with
-    m the mean rounded to x's dtype and ``b`` carrying the rounding's remainder, so the output
-    depends on the statistics alone (not on the shift: one pass and synced shards round alike)."""
+    larger than its spread), then ``out = x * a + b`` while the block is in cache (for data far
+    from 0 ``(x - m) * a + b``, m the mean rounded to x's dtype and ``b`` carrying the
+    rounding's remainder); the output depends on the statistics alone, not on the shift, so
+    one pass and synced shards round alike."""
     xp = array_module(x)
     c = x.shape[1]
     mean, var, inv_std = xp.empty(c), xp.empty(c), xp.empty(c)
@@ -53,7 +55,7 @@ def batch_norm(x, weight, bias, eps, running_mean=None, running_var=None, moment
 
     def normalise(ch):
         inv_std[ch] = 1 / xp.sqrt(var[ch] + eps)
-        _affine_from_mean(xp, x[:, ch], out[:, ch], mean[ch], inv_std[ch] * weight[ch], bias[ch])
+        _affine_from_mean(xp, x[:, ch], out[:, ch], mean[ch], inv_std[ch], inv_std[ch] * weight[ch], bias[ch])
 
     if shard is None:
         check_count(count, x.shape)
@@ -104,7 +106,7 @@ def batch_norm_backward(g, x, stats, weight, count, input_grad=True):
     def sums(ch):
         gb = g[:, ch]
         hb = g_x[:, ch] if g_x is not None else xp.empty_like(gb)
-        _affine_from_mean(xp, x[:, ch], hb, mean[ch], inv_std[ch], 0.0)  # x_hat
+        _affine_from_mean(xp, x[:, ch], hb, mean[ch], inv_std[ch], inv_std[ch], 0.0)  # x_hat
         g_bias[ch] = _channel_sum(xp, gb)
         g_weight[ch] = _channel_dot(xp, gb, hb)
 
@@ -136,7 +138,7 @@ def normalised(x, stats):
     mean, inv_std = stats
     out = xp.empty_like(x)
     _in_blocks(x.shape[1], x.size // x.shape[1], 3 * x.size,
-               lambda ch: _affine_from_mean(xp, x[:, ch], out[:, ch], mean[ch], inv_std[ch], 0.0))
+               lambda ch: _affine_from_mean(xp, x[:, ch], out[:, ch], mean[ch], inv_std[ch], inv_std[ch], 0.0))
     return out
 
 
@@ -151,8 +153,8 @@ def channel_affine(x, scale, shift):
 
     def affine(ch):
         ob = out[:, ch]
-        xp.multiply(x[:, ch], scale[ch].reshape(_shape(ob)), out=ob)
-        ob += shift[ch].reshape(_shape(ob))
+        xp.multiply(x[:, ch], _per_channel(scale[ch], x.dtype, ob), out=ob)
+        ob += _per_channel(shift[ch], x.dtype, ob)
 
     _in_blocks(c, x.size // c, 2 * x.size, affine)
     return out
@@ -210,8 +212,14 @@ def _shape(block):
 
 
 def _per_channel(values, dtype, block):
-    """Per-channel float64 values as x's dtype, shaped to broadcast against a block."""
-    return values.astype(dtype, copy=False).reshape(_shape(block))
+    """Per-channel values as x's dtype, shaped to broadcast against a block. Where examples
+    are outermost (NCHW), the values are expanded over the spatial axes, so that numpy runs
+    each example's whole block of channels as one contiguous loop instead of one loop of
+    H*W elements per channel (2-3x faster on small maps)."""
+    v = values.astype(dtype, copy=False).reshape(_shape(block))
+    if block.ndim > 2 and block.shape[0] > 1 and abs(block.strides[0]) > abs(block.strides[1]):
+        return array_module(block).ascontiguousarray(array_module(block).broadcast_to(v, (1,) + block.shape[1:]))
+    return v
 
 
 def _shifted_moments(xp, xb, mean, var, ch, count):
@@ -230,12 +238,19 @@ def _shifted_moments(xp, xb, mean, var, ch, count):
     var[ch] = xp.maximum(s2 - s1 * s1, 0.0)
 
 
-def _affine_from_mean(xp, xb, ob, mean, scale, bias):
-    """``ob = (xb - mean) * scale + bias`` per channel (float64 mean, scale, bias): as
-    ``(xb - m) * scale + ((m - mean) * scale + bias)`` with m = mean in x's dtype, so that
-    the subtraction is exact near the mean and m's rounding is added back."""
+def _affine_from_mean(xp, xb, ob, mean, inv_std, scale, bias):
+    """``ob = (xb - mean) * scale + bias`` per channel (float64 mean, 1/std, scale, bias).
+    Where every channel's mean is within ``_NEAR`` standard deviations of 0 (activations),
+    as ``xb * scale + (bias - mean * scale)``, two passes, as PyTorch computes it (rounding
+    error a few units of the output's last place); else as
+    ``(xb - m) * scale + ((m - mean) * scale + bias)`` with m = mean in x's dtype, whose
+    subtraction is exact near the mean (data far from 0: 1e4 + noise in float32)."""
+    if xp.all(xp.abs(mean) * inv_std <= _NEAR):
+        xp.multiply(xb, _per_channel(scale, xb.dtype, ob), out=ob)
+        ob += _per_channel(bias - mean * scale, xb.dtype, ob)
+        return
     m = mean.astype(xb.dtype)
-    xp.subtract(xb, m.reshape(_shape(xb)), out=ob)
+    xp.subtract(xb, _per_channel(m, xb.dtype, xb), out=ob)
     ob *= _per_channel(scale, xb.dtype, ob)
     ob += _per_channel((m - mean) * scale + bias, xb.dtype, ob)
 
