@@ -23,7 +23,7 @@ from ..threads import current_shard, parallel_ranges
 from ..xp import array_module
 
 _NEAR = 4.0  # |mean| / std below which the normalisation is x * a + b (see _affine_from_mean)
-_CHUNK = 1 << 18  # elements per block of channels: enough work per call that numpy's overhead is small,
+_CHUNK = 1 << 19  # elements per block of channels: enough work per call that numpy's overhead is small,
 # few enough that a block (and its float64 copy while summing) stays in L2
 
 
@@ -91,9 +91,11 @@ def batch_norm_backward(g, x, stats, weight, count, input_grad=True):
     the full batch's input gradient; its g_weight and g_bias are its own share). ``g_x`` is
     None without ``input_grad`` (and then a shard exchanges nothing).
 
-    x_hat = (x - mean) * inv_std is recomputed block by block as in the forward
-    (into g_x's memory, where the routing then runs in place), so the forward saves no
-    activation of its own; per block of channels: one read of x and g, one write of g_x."""
+    Nothing but the statistics comes from the forward: where the channels' means are near 0
+    (``_near_zero``), sum(g * x_hat) is inv_std * (sum(g * x) - mean * sum(g)) and g_x is
+    one affine map of x and g (six passes per block, as with a saved x_hat); else x_hat is
+    recomputed block by block as in the forward, into g_x's memory, where the routing then
+    runs in place."""
     xp = array_module(g)
     mean, inv_std = stats
     c = g.shape[1]
@@ -105,20 +107,31 @@ def batch_norm_backward(g, x, stats, weight, count, input_grad=True):
 
     def sums(ch):
         gb = g[:, ch]
-        hb = g_x[:, ch] if g_x is not None else xp.empty_like(gb)
-        _affine_from_mean(xp, x[:, ch], hb, mean[ch], inv_std[ch], inv_std[ch], 0.0)  # x_hat
         g_bias[ch] = _channel_sum(xp, gb)
+        if _near_zero(xp, mean[ch], inv_std[ch]):  # sum(g * x_hat) = inv_std * (sum(g * x) - mean * sum(g))
+            g_weight[ch] = inv_std[ch] * (_channel_dot(xp, gb, x[:, ch]) - mean[ch] * g_bias[ch])
+            return
+        hb = g_x[:, ch] if g_x is not None else xp.empty_like(gb)
+        _affine_from_mean(xp, x[:, ch], hb, mean[ch], inv_std[ch], inv_std[ch], 0.0)  # x_hat, kept for route
         g_weight[ch] = _channel_dot(xp, gb, hb)
 
     def route(ch):
         # d/dx of the normalised value: remove the parts of g along 1 and along x_hat,
-        # then scale: weight * inv_std * (g - x_hat * g_w / n - g_b / n), n over the batch;
-        # g_x holds x_hat here
+        # then scale: weight * inv_std * (g - x_hat * g_w / n - g_b / n), n over the batch
         gb, gxb = g[:, ch], g_x[:, ch]
+        scale = weight[ch] * inv_std[ch]
+        if _near_zero(xp, mean[ch], inv_std[ch]):  # from x: ((x * a + g) * scale + b, four passes
+            a = -inv_std[ch] * sum_weight[ch] / count
+            xp.multiply(x[:, ch], _per_channel(a, x.dtype, gxb), out=gxb)
+            gxb += gb
+            gxb *= _per_channel(scale, x.dtype, gxb)
+            gxb += _per_channel(-scale * (mean[ch] * a + sum_bias[ch] / count), x.dtype, gxb)
+            return
+        # g_x holds x_hat here
         gxb *= _per_channel(sum_weight[ch] / count, x.dtype, gxb)
         gxb += _per_channel(sum_bias[ch] / count, x.dtype, gxb)
         xp.subtract(gb, gxb, out=gxb)
-        gxb *= _per_channel(weight[ch] * inv_std[ch], x.dtype, gxb)
+        gxb *= _per_channel(scale, x.dtype, gxb)
 
     if shard is None:
         _in_blocks(c, local_count, 3 * g.size, *((sums, route) if g_x is not None else (sums,)))
@@ -245,7 +258,7 @@ def _affine_from_mean(xp, xb, ob, mean, inv_std, scale, bias):
     error a few units of the output's last place); else as
     ``(xb - m) * scale + ((m - mean) * scale + bias)`` with m = mean in x's dtype, whose
     subtraction is exact near the mean (data far from 0: 1e4 + noise in float32)."""
-    if xp.all(xp.abs(mean) * inv_std <= _NEAR):
+    if _near_zero(xp, mean, inv_std):
         xp.multiply(xb, _per_channel(scale, xb.dtype, ob), out=ob)
         ob += _per_channel(bias - mean * scale, xb.dtype, ob)
         return
@@ -253,6 +266,11 @@ def _affine_from_mean(xp, xb, ob, mean, inv_std, scale, bias):
     xp.subtract(xb, _per_channel(m, xb.dtype, xb), out=ob)
     ob *= _per_channel(scale, xb.dtype, ob)
     ob += _per_channel((m - mean) * scale + bias, xb.dtype, ob)
+
+
+def _near_zero(xp, mean, inv_std):
+    """Whether every channel's mean lies within ``_NEAR`` standard deviations of 0."""
+    return bool(xp.all(xp.abs(mean) * inv_std <= _NEAR))
 
 
 def _channel_sum(xp, a):
