@@ -2,6 +2,7 @@
 
     python -m benchmarks.airbench_speed steps --model airbench94 --data ../shared/data/cifar-10-binary.tar.gz
     python -m benchmarks.airbench_speed layers --model airbench94 --batch 512 [--only GELU,BatchNorm]
+    python -m benchmarks.airbench_speed tta --model airbench94 --images 1000
 
 ``steps`` times training steps of the recipe as the two runs take them (ours: ``train.airbench``'s
 loader, two synchronised shards, Nesterov groups, schedule and lookahead; PyTorch:
@@ -14,6 +15,8 @@ training shard's share of the work: ``--batch 512`` is one of the two shards of 
 PyTorch's alternately, best of the medians of two blocks: which kernels lose how much. BatchNorm
 and GELU get their input in the layout each framework's convolutions produce (ours
 channel-major, PyTorch's NCHW).
+``tta`` profiles ``tinygrad_cnn.tta.predict`` (level 2) of a seeded, untrained network on random
+images with ``tc.profile`` and prints the per-op table (ours only).
 The machine is shared and noisy: only ratios from the same run mean anything.
 """
 from __future__ import annotations
@@ -208,6 +211,25 @@ def layers(model, batch, reps, only=None, log=print):
     return total_ours, total_torch
 
 
+def tta(model, images, log=print):
+    import tinygrad_cnn as tc
+    from tinygrad_cnn import tta as tta_
+    from models.airbench import Airbench93, Airbench94
+
+    rng = np.random.default_rng(0)
+    net = {"airbench94": Airbench94, "airbench93": Airbench93}[model](rng=np.random.default_rng(0))
+    x = rng.standard_normal((images, 3, 32, 32)).astype(np.float32)
+    net.init_whitening(x[:max(2, images // 2)])
+    tta_.predict(net, x[:min(images, 100)])  # warm-up
+    t = time.perf_counter()
+    with tc.profile() as prof:
+        tta_.predict(net, x)
+    wall = time.perf_counter() - t
+    log(f"{model}: tta.predict level 2 of {images} images ({6 * images} views): {wall:.2f} s wall")
+    log(prof.table())
+    return wall
+
+
 def main(argv=None):
     from train.airbench import RECIPES
 
@@ -227,7 +249,16 @@ def main(argv=None):
     lay.add_argument("--reps", type=int, default=2)
     lay.add_argument("--only", type=lambda v: [w for w in v.split(",") if w],
                      help="comma-separated words: time only the rows whose name contains one (e.g. GELU,BatchNorm)")
+    tt = sub.add_parser("tta", help="profile test-time augmentation (ours only)")
+    tt.add_argument("--model", choices=["airbench94", "airbench93"], default="airbench94")
+    tt.add_argument("--images", type=int, default=1000)
     args = p.parse_args(argv)
+    if args.what == "tta":
+        from tinygrad_cnn.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
+        tta(args.model, args.images)
+        return 0
     try:
         import torch  # noqa: F401
     except ImportError:

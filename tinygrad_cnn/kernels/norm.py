@@ -23,6 +23,7 @@ from ..threads import current_shard, parallel_ranges
 from ..xp import array_module
 
 _NEAR = 4.0  # |mean| / std below which the normalisation is x * a + b (see _affine_from_mean)
+_MIN_PARTIAL = 32  # values of one example per channel from which its sums are taken in x's dtype
 _CHUNK = 1 << 19  # elements per block of channels: enough work per call that numpy's overhead is small,
 # few enough that a block (and its float64 copy while summing) stays in L2
 
@@ -50,8 +51,10 @@ def batch_norm(x, weight, bias, eps, running_mean=None, running_var=None, moment
     shard = current_shard()
     count = local = x.size // c  # values per channel: the batch's, and this array's
 
+    shift = _shifts(x, shard)
+
     def moments(ch):
-        _shifted_moments(xp, x[:, ch], mean, var, ch, local)
+        _shifted_moments(xp, x[:, ch], shift, mean, var, ch, local)
 
     def normalise(ch):
         inv_std[ch] = 1 / xp.sqrt(var[ch] + eps)
@@ -235,20 +238,40 @@ def _per_channel(values, dtype, block):
     return v
 
 
-def _shifted_moments(xp, xb, mean, var, ch, count):
-    """``mean`` and ``var`` of the channels ``ch`` of one block, from float64 sums of d and
-    d^2 over this array's ``count`` values per channel, d = xb - shift computed in float64
-    (exact for float32 x; one pass over xb, d in a block-sized scratch array), shift = each
-    channel's mean over the first example. Accurate to float64 rounding whatever the shift,
-    so one pass and synced shards (each with its own shift) agree to the last bit almost
-    always after the statistics are rounded to x's dtype."""
-    shift = xb[0].reshape(xb.shape[1], -1).mean(axis=1, dtype=np.float64)
-    d = xp.empty_like(xb, dtype=np.float64)
-    xp.subtract(xb, shift.reshape(_shape(xb)), out=d)
-    s1 = _channel_sum(xp, d) / count
-    s2 = _channel_dot(xp, d, d) / count
-    mean[ch] = shift + s1
+def _shifted_moments(xp, xb, shift, mean, var, ch, count):
+    """``mean`` and ``var`` (float64) of the channels ``ch`` of one block, from the sums of d
+    and d^2 over this array's ``count`` values per channel, d = xb - shift in x's dtype (a
+    block-sized temporary): each example's sums in x's dtype (short, accurate sums), added
+    over the examples in float64 (for examples of fewer than ``_MIN_PARTIAL`` values per
+    channel, d and its sums in float64 instead). Each example's partial sums depend on that example and the
+    shift alone, so a batch split into synced shards gets the same statistics as one pass, to
+    float64 rounding."""
+    per_example = xb[0, 0].size  # values of one example in one channel
+    if per_example >= _MIN_PARTIAL:
+        d = xp.empty_like(xb)
+        xp.subtract(xb, shift[ch].reshape(_shape(xb)), out=d)
+        axes = string.ascii_lowercase[:d.ndim]
+        s1 = d.sum(axis=tuple(range(2, d.ndim))).sum(axis=0, dtype=np.float64)
+        s2 = xp.einsum(f"{axes},{axes}->{axes[:2]}", d, d).sum(axis=0, dtype=np.float64)
+    else:  # short runs (3x3 maps, (N, C) input): d in float64, summed there
+        d = xp.empty_like(xb, dtype=np.float64)
+        xp.subtract(xb, shift[ch].reshape(_shape(xb)), out=d)
+        s1, s2 = _channel_sum(xp, d), _channel_dot(xp, d, d)
+    s1, s2 = s1 / count, s2 / count
+    mean[ch] = shift[ch] + s1
     var[ch] = xp.maximum(s2 - s1 * s1, 0.0)
+
+
+def _shifts(x, shard):
+    """Each channel's mean over the batch's first example, in x's dtype: what the sums are
+    taken around, so that d = x - shift is small for data far from 0. Every shard of a synced
+    batch takes shard 0's (the batch's first example), so that each example's d, and with it
+    the statistics, are the same as in one pass over the batch."""
+    shift = x[0].reshape(x.shape[1], -1).mean(axis=1, dtype=np.float64).astype(x.dtype)
+    if shard is not None:
+        group, rank = shard
+        shift = group.gather(rank, f"batch_norm shift of {x.shape[1:]}", (shift,))[0][0]
+    return shift
 
 
 def _affine_from_mean(xp, xb, ob, mean, inv_std, scale, bias):
