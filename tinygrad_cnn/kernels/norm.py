@@ -4,10 +4,10 @@ stays in cache between steps), on several threads for large inputs.
 
 Written from primitives, batch norm takes about a dozen full passes forward and backward
 (mean, centre, square, scale, shift and each of their VJPs). Here the forward reads x once
-per block (statistics from shifted float64 sums, then the output normalised while the block
-is in cache) and saves only per-channel values; the backward recomputes
-x_hat block by block into the gradient's memory and routes it there (one read of x and g,
-one write). Run as one shard of a batch that several threads split
+per block (statistics from each example's sums around a shift, added in float64, then the
+output normalised while the block is in cache) and saves only per-channel values; the
+backward works from x and those values (near 0 without materialising x_hat; else x_hat is
+recomputed block by block into the gradient's memory and routed there). Run as one shard of a batch that several threads split
 (``threads.current_shard()``), both use the whole batch's statistics and sums, gathered
 from every shard (PyTorch's SyncBatchNorm, for threads). ``naive_batch_norm``,
 ``naive_batch_norm_backward`` and ``naive_channel_affine`` are the plain formulas the tests
@@ -25,7 +25,7 @@ from ..xp import array_module
 _NEAR = 4.0  # |mean| / std below which the normalisation is x * a + b (see _affine_from_mean)
 _MIN_PARTIAL = 32  # values of one example per channel from which its sums are taken in x's dtype
 _CHUNK = 1 << 19  # elements per block of channels: enough work per call that numpy's overhead is small,
-# few enough that a block (and its float64 copy while summing) stays in L2
+# few enough that a block and its temporary stay in cache (L2 or the large L3)
 
 
 def batch_norm(x, weight, bias, eps, running_mean=None, running_var=None, momentum=0.1):
@@ -37,13 +37,14 @@ def batch_norm(x, weight, bias, eps, running_mean=None, running_var=None, moment
     variance by ``momentum``, in place, once per batch (by shard 0 of a sharded one). ``out``
     keeps x's layout (e.g. a convolution's channel-major output).
 
-    Per block of channels: the statistics in one pass (float64 sums of d and d^2 for
-    d = x - shift, ``shift`` each channel's mean over the first example, so that d is small
-    and the variance ``sum(d^2)/n - (sum(d)/n)^2`` keeps its digits for data whose mean is far
-    larger than its spread), then ``out = x * a + b`` while the block is in cache (for data far
+    Per block of channels: the statistics in one pass (the sums of d and d^2 for
+    d = x - shift, ``shift`` each channel's mean over the batch's first example, so that d is
+    small and the variance ``sum(d^2)/n - (sum(d)/n)^2`` keeps its digits for data whose mean
+    is far larger than its spread; each example's sums in x's dtype, added in float64, see
+    ``_shifted_moments``), then ``out = x * a + b`` while the block is in cache (for data far
     from 0 ``(x - m) * a + b``, m the mean rounded to x's dtype and ``b`` carrying the
-    rounding's remainder); the output depends on the statistics alone, not on the shift, so
-    one pass and synced shards round alike."""
+    rounding's remainder). Synced shards all use shard 0's shift, so they and one pass over
+    the batch get the same statistics to float64 rounding and round their outputs alike."""
     xp = array_module(x)
     c = x.shape[1]
     mean, var, inv_std = xp.empty(c), xp.empty(c), xp.empty(c)
