@@ -1,7 +1,8 @@
 """Where airbench's time goes, ours against PyTorch: whole recipe steps, and layer by layer.
 
     python -m benchmarks.airbench_speed steps --model airbench94 --data ../shared/data/cifar-10-binary.tar.gz
-    python -m benchmarks.airbench_speed layers --model airbench94 --batch 512
+    python -m benchmarks.airbench_speed layers --model airbench94 --batch 512 [--only GELU,BatchNorm]
+    python -m benchmarks.airbench_speed tta --model airbench94 --images 1000
 
 ``steps`` times training steps of the recipe as the two runs take them (ours: ``train.airbench``'s
 loader, two synchronised shards, Nesterov groups, schedule and lookahead; PyTorch:
@@ -11,7 +12,11 @@ times our step as one pass over the batch instead of shards.
 
 ``layers`` times forward + backward of each layer shape of the network on one thread each (a
 training shard's share of the work: ``--batch 512`` is one of the two shards of 1,024), ours and
-PyTorch's alternately, best of the medians of two blocks: which kernels lose how much.
+PyTorch's alternately, best of the medians of two blocks: which kernels lose how much. BatchNorm
+and GELU get their input in the layout each framework's convolutions produce (ours
+channel-major, PyTorch's NCHW).
+``tta`` profiles ``tinygrad_cnn.tta.predict`` (level 2) of a seeded, untrained network on random
+images with ``tc.profile`` and prints the per-op table (ours only).
 The machine is shared and noisy: only ratios from the same run mean anything.
 """
 from __future__ import annotations
@@ -118,9 +123,11 @@ def _layer_cases(widths, batch, rng):
     import tinygrad_cnn.functional as F
     from models.airbench import gelu
 
-    def pair(build_ours, build_torch, shape):
+    def pair(build_ours, build_torch, shape, channel_major=False):
         x = rng.standard_normal(shape).astype(np.float32)
         tx = torch.from_numpy(x.copy()).requires_grad_()
+        if channel_major:  # the layout our convolutions (and pooling) hand to BatchNorm and GELU
+            x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
 
         def ours():
             xt = tc.Tensor(x, requires_grad=True)
@@ -149,10 +156,10 @@ def _layer_cases(widths, batch, rng):
         bn = torch.nn.BatchNorm2d(c, eps=1e-12, momentum=0.4)
         bn.weight.requires_grad_(False)
         return pair(lambda x: F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.4, eps=1e-12), bn,
-                    (batch, c, size, size))
+                    (batch, c, size, size), channel_major=True)
 
     def act(c, size):
-        return pair(gelu, torch.nn.functional.gelu, (batch, c, size, size))
+        return pair(gelu, torch.nn.functional.gelu, (batch, c, size, size), channel_major=True)
 
     def pool(c, size):
         return pair(lambda x: F.max_pool2d(x, 2), lambda x: torch.nn.functional.max_pool2d(x, 2), (batch, c, size, size))
@@ -177,7 +184,7 @@ def _layer_cases(widths, batch, rng):
             (f"conv {w3}->{w3} @3", conv(w3, w3, 3, 1, 3), 1)]
 
 
-def layers(model, batch, reps, log=print):
+def layers(model, batch, reps, only=None, log=print):
     import torch
 
     from tinygrad_cnn.blas import blas_threads
@@ -190,6 +197,8 @@ def layers(model, batch, reps, log=print):
     log(f"{model}, batch {batch}, one thread each, forward + backward (ms), x = times in the network")
     with run_serially(), blas_threads(1):
         for name, (ours, theirs), times in _layer_cases(RECIPES[model].widths, batch, rng):
+            if only and not any(word.lower() in name.lower() for word in only):
+                continue
             ours()
             theirs()
             o = min(_median_time(ours, reps), _median_time(ours, reps))
@@ -197,9 +206,28 @@ def layers(model, batch, reps, log=print):
             total_ours += times * o
             total_torch += times * t
             log(f"  {name:<32} x{times}  ours {1e3 * o:8.1f}  torch {1e3 * t:8.1f}  ratio {o / t:5.2f}")
-    log(f"  {'the network (sum)':<35} ours {1e3 * total_ours:8.1f}  torch {1e3 * total_torch:8.1f}  "
+    log(f"  {'the network (sum)' if not only else 'these rows (sum)':<35} ours {1e3 * total_ours:8.1f}  torch {1e3 * total_torch:8.1f}  "
         f"ratio {total_ours / total_torch:5.2f}")
     return total_ours, total_torch
+
+
+def tta(model, images, log=print):
+    import tinygrad_cnn as tc
+    from tinygrad_cnn import tta as tta_
+    from models.airbench import Airbench93, Airbench94
+
+    rng = np.random.default_rng(0)
+    net = {"airbench94": Airbench94, "airbench93": Airbench93}[model](rng=np.random.default_rng(0))
+    x = rng.standard_normal((images, 3, 32, 32)).astype(np.float32)
+    net.init_whitening(x[:max(2, images // 2)])
+    tta_.predict(net, x[:min(images, 100)])  # warm-up
+    t = time.perf_counter()
+    with tc.profile() as prof:
+        tta_.predict(net, x)
+    wall = time.perf_counter() - t
+    log(f"{model}: tta.predict level 2 of {images} images ({6 * images} views): {wall:.2f} s wall")
+    log(prof.table())
+    return wall
 
 
 def main(argv=None):
@@ -219,7 +247,18 @@ def main(argv=None):
     lay.add_argument("--model", choices=sorted(RECIPES), default="airbench94")
     lay.add_argument("--batch", type=int, default=512)
     lay.add_argument("--reps", type=int, default=2)
+    lay.add_argument("--only", type=lambda v: [w for w in v.split(",") if w],
+                     help="comma-separated words: time only the rows whose name contains one (e.g. GELU,BatchNorm)")
+    tt = sub.add_parser("tta", help="profile test-time augmentation (ours only)")
+    tt.add_argument("--model", choices=["airbench94", "airbench93"], default="airbench94")
+    tt.add_argument("--images", type=int, default=1000)
     args = p.parse_args(argv)
+    if args.what == "tta":
+        from tinygrad_cnn.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
+        tta(args.model, args.images)
+        return 0
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -231,7 +270,7 @@ def main(argv=None):
     if args.what == "steps":
         steps(args.model, args.data, args.threads, args.per_block, args.rounds, args.micro_batch, args.images)
     else:
-        layers(args.model, args.batch, args.reps)
+        layers(args.model, args.batch, args.reps, args.only)
     return 0
 
 

@@ -614,3 +614,20 @@ def test_layer_comparison_runs(capsys):
     assert ours > 0 and theirs > 0
     text = capsys.readouterr().out
     assert "GELU 64 @15" in text and "the network (sum)" in text
+
+
+def test_layer_comparison_can_time_some_rows(capsys):
+    pytest.importorskip("torch")
+    from benchmarks import airbench_speed
+
+    airbench_speed.layers("airbench93", batch=2, reps=1, only=["batchnorm"])
+    text = capsys.readouterr().out
+    assert "BatchNorm 64 @15" in text and "GELU" not in text and "these rows (sum)" in text
+
+
+def test_tta_profile_runs(capsys):
+    from benchmarks import airbench_speed
+
+    assert airbench_speed.main(["tta", "--model", "airbench93", "--images", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "tta.predict level 2 of 4 images (24 views)" in text and "gelu" in text and "channel_affine" in text

@@ -249,9 +249,12 @@ DTYPE_CASES = {
                    [_vals((3, 2, 2, 2)), _vals((2,)), _vals((2,))]),
     "batch_norm_backward": (lambda g, x, w: ops.BatchNormBackward.apply(g, x, w)[0],  # g_x; others get zeros
                             [_vals((3, 2, 2, 2)), _vals((3, 2, 2, 2)), _vals((2,))]),
+    "channel_affine": (lambda x, a, b: ops.ChannelAffine.apply(x, a, b), [_vals((3, 2, 2)), _vals((2,)), _vals((2,))]),
     "pow_tensor": (lambda a, b: a ** b, [_vals((2, 3), 0.5, 2.0), _vals((3,))]),
     "where": (lambda a, b: F.where(np.array([True, False, True]), a, b), [_vals((2, 3)), _vals((3,))]),
     "erf": (lambda a: a.erf(), [_vals((3,))]),
+    "gelu": (lambda a: F.gelu(a), [_vals((2, 3))]),
+    "gelu_backward": (lambda g, x: ops.GeluBackward.apply(g, x, approximate="tanh"), [_vals((3,)), _vals((3,))]),
     "log1p": (lambda a: a.log1p(), [_vals((3,), 0.5, 2.0)]),
     "expm1": (lambda a: a.expm1(), [_vals((3,))]),
     "cat": (lambda a, b: F.cat([a, b], dim=1), [_vals((2, 3)), _vals((2, 2))]),

@@ -237,6 +237,19 @@ def _erf(x):
     check("erf", lambda t: t.erf(), x)
 
 
+@case("gelu")
+@given(S.shapes().flatmap(lambda s: S.arrays(s, -4.0, 4.0)), st.sampled_from(["none", "tanh"]))
+def _gelu(x, approximate):
+    check("gelu", lambda t: F.gelu(t, approximate=approximate), x)
+
+
+@case("gelu_backward")
+@given(S.shapes().flatmap(lambda s: st.tuples(S.arrays(s), S.arrays(s, -4.0, 4.0))),
+       st.sampled_from(["none", "tanh"]))
+def _gelu_backward(g_x, approximate):
+    check("gelu_backward", lambda g, x: ops.GeluBackward.apply(g, x, approximate=approximate), g_x)
+
+
 @case("log1p")
 @given(S.shapes().flatmap(lambda s: S.arrays(s, -0.5, 3.0)))
 def _log1p(x):
@@ -879,14 +892,15 @@ def test_batch_norm_in_channel_blocks_on_threads_matches_the_composite(monkeypat
         assert out.strides[1] > out.strides[0]
 
 
-def test_batch_norm_fused_op_saves_only_the_normalised_input():
-    """x_hat and 1/std, nothing else; and a first-order backward (create_graph=False) records
-    no node and keeps no array: its batch_norm_backward runs as a plain kernel call."""
+def test_batch_norm_fused_op_saves_only_per_channel_values():
+    """The mean and 1/std of each channel, no activation (x is a parent anyway); and a
+    first-order backward (create_graph=False) records no node and keeps no array: its
+    batch_norm_backward runs as a plain kernel call."""
     x = Tensor(np.random.default_rng(0).standard_normal((4, 3, 5, 5)), requires_grad=True)
     w = Tensor(np.ones(3), requires_grad=True)
     out = F.batch_norm(x, None, None, w, training=True)
     assert out._ctx.name == "batch_norm"
-    assert [a.shape for a in out._ctx.saved] == [(4, 3, 5, 5), (3,)]
+    assert [a.shape for a in out._ctx.saved] == [(3,), (3,)]
     recorded = []
     apply = ops.BatchNormBackward.apply.__func__
 
@@ -941,15 +955,90 @@ def test_batch_norm_kernels_match_the_naive_formulas(case_, layout):
     if x.ndim == 4:
         x = np.ascontiguousarray(x.transpose(layout)).transpose(layout)
     g = np.random.default_rng(0).standard_normal(x.shape)
-    out, x_hat, inv_std, count = K.batch_norm(x, w, b, 1e-5)
+    out, stats, count = K.batch_norm(x, w, b, 1e-5)
     np.testing.assert_allclose(out, K.naive_batch_norm(x, w, b, 1e-5), rtol=1e-9, atol=1e-9)
     assert count == x.size // x.shape[1]
     want = K.naive_batch_norm_backward(g, x, w, 1e-5)
-    for got in (K.batch_norm_backward(g, x_hat, inv_std, w, count),
+    for got in (K.batch_norm_backward(g, x, stats, w, count),
                 [t.data for t in batch_norm_vjp(Tensor(g), Tensor(x), Tensor(w))]):
         for a, e in zip(got, want):
             np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-9)
-    assert K.batch_norm_backward(g, x_hat, inv_std, w, count, input_grad=False)[0] is None
+    sums_only = K.batch_norm_backward(g, x, stats, w, count, input_grad=False)
+    assert sums_only[0] is None
+    np.testing.assert_allclose(sums_only[1], want[1], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(sums_only[2], want[2], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_float32_batch_norm_is_accurate_for_data_with_a_large_mean(channel_major, monkeypatch):
+    """1e4 + noise in float32 (where sum(x^2)/n - mean^2 would lose every digit): statistics,
+    output and gradients as the float64 formulas give on the same float32 values, also in
+    blocks of one channel on threads."""
+    from tinygrad_cnn import threads
+    from tinygrad_cnn.kernels import norm as K
+
+    rng = np.random.default_rng(7)
+    x = (1e4 + rng.standard_normal((16, 3, 9, 9)) * np.array([1.0, 0.01, 30.0]).reshape(1, 3, 1, 1)).astype(np.float32)
+    if channel_major:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+        monkeypatch.setattr(threads, "_MIN_PARALLEL", 0)
+        monkeypatch.setattr(K, "_CHUNK", 1)
+    w, b = np.array([0.5, 2.0, 1.0], np.float32), np.array([0.1, -1.0, 3.0], np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    out, (mean, inv_std), count = K.batch_norm(x, w, b, 1e-5)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(1 / inv_std ** 2 - 1e-5, x64.var(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(out, K.naive_batch_norm(x64, w.astype(float), b.astype(float), 1e-5),
+                               rtol=1e-5, atol=2e-5)
+    want = K.naive_batch_norm_backward(g.astype(float), x64, w.astype(float), 1e-5)
+    for got, e in zip(K.batch_norm_backward(g, x, (mean, inv_std), w, count), want):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, e, rtol=1e-4, atol=1e-4 * np.abs(e).max())
+
+
+def test_batch_norm_with_a_frozen_weight_computes_no_weight_gradient():
+    """A frozen scale (airbench's BatchNorm) gets no gradient; x's and the bias's are as with a
+    trainable one. With x needing none either, the bias gradient is one sum."""
+    rng = np.random.default_rng(2)
+    x0, g = rng.standard_normal((4, 3, 2, 2)), rng.standard_normal((4, 3, 2, 2))
+    results = []
+    for frozen in (True, False):
+        x, w, b = Tensor(x0, requires_grad=True), Tensor(np.ones(3), requires_grad=not frozen), \
+            Tensor(np.zeros(3), requires_grad=True)
+        F.batch_norm(x, None, None, w, b, training=True).backward(g)
+        assert (w.grad is None) == frozen
+        results.append((x.grad.data, b.grad.data))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12)
+    b = Tensor(np.zeros(3), requires_grad=True)
+    F.batch_norm(Tensor(x0), None, None, Tensor(np.ones(3)), b, training=True).backward(g)
+    np.testing.assert_allclose(b.grad.data, g.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+@case("channel_affine")
+@given(batch_norm_case().filter(lambda case_: case_[1] is not None))
+def _channel_affine(case_):
+    x, w, b = case_
+    check("channel_affine", lambda x_, w_, b_: ops.ChannelAffine.apply(x_, w_, b_), (x, w, b))
+
+
+@given(batch_norm_case().filter(lambda case_: case_[1] is not None), st.sampled_from([(0, 1, 2, 3), (1, 0, 2, 3)]))
+def test_channel_affine_matches_the_plain_loops(case_, layout):
+    from tinygrad_cnn.kernels import norm as K
+
+    x, w, b = case_
+    if x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(layout)).transpose(layout)
+    out = K.channel_affine(x, w, b)
+    np.testing.assert_allclose(out, K.naive_channel_affine(x, w, b), rtol=1e-15, atol=1e-15)
+    assert [st for st, n in zip(out.strides, out.shape) if n > 1] == [st for st, n in zip(x.strides, x.shape) if n > 1]
+
+
+def test_channel_affine_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"channel_affine: expects x of shape \(N, C, \.\.\.\) and scale and shift "
+                                         r"of shape \(C,\); got \(2, 3\), \(2,\) and \(3,\)"):
+        ops.ChannelAffine.apply(Tensor(np.zeros((2, 3))), Tensor(np.zeros(2)), Tensor(np.zeros(3)))
 
 
 def test_batch_norm_labels():

@@ -1,4 +1,5 @@
-"""Special functions numpy lacks: the error function and its complement, vectorised.
+"""Special functions numpy lacks: the error function and its complement, vectorised; and
+GELU with its derivative, as blocked one-pass kernels (at the end of this module).
 
 numpy has no ``erf`` and scipy is not a dependency, so this is W. J. Cody's CALERF
 (netlib specfun), "Rational Chebyshev approximations for the error function", Math. Comp.
@@ -17,8 +18,11 @@ Inputs of another floating dtype are computed in float64 and rounded once.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..threads import parallel_ranges
 from ..xp import array_module
 
 # coefficients of the three approximations (Cody 1969, as in netlib's specfun/erf)
@@ -125,3 +129,218 @@ def erfc(x):
     tail = _erfc_of_magnitude(y[rest])
     out[rest] = xp.where(x64[rest] < 0, 2.0 - tail, tail)
     return back(out.reshape(np.shape(x)))
+
+
+# ------------------------------------------------------------------------------ GELU
+#
+# GELU(x) = x * Phi(x), Phi the standard normal CDF, and its derivative Phi(x) + x * phi(x),
+# each one pass over the data in blocks that stay in cache (about a dozen numpy ufuncs per
+# block, each releasing the GIL, so two shards on two threads run side by side). float32
+# (and narrower) input is computed in float32 with an erfc good to float32 (Abramowitz and
+# Stegun 7.1.26, below); float64 input with Cody's erfc above, to float64 rounding. The tanh
+# approximation is computed as written, in the input's precision (float32 for narrower).
+
+_GELU_BLOCK = 1 << 16  # elements per block: its few float32 temporaries (256 KiB each) stay in L2
+_SQRT_HALF = 0.70710678118654752440
+_INV_SQRT_2PI = 0.39894228040143267794  # phi(0)
+_SQRT_2_OVER_PI = 0.79788456080286535588
+_TANH_A = 0.044715
+# Abramowitz and Stegun 7.1.26: erfc(z) = t * P(t) * exp(-z^2), t = 1 / (1 + p z), z >= 0,
+# |error| <= 1.5e-7. Below, z = |x| / sqrt(2) and the 1/2 of Phi = erfc / 2 are folded into
+# the coefficients: q(a) = t * P'(t) * exp(-a^2 / 2) = Phi(-|x|), t = 1 / (1 + p' a), a = |x|.
+_AS_P = 0.3275911 * _SQRT_HALF
+_AS_COEFFS = tuple(0.5 * c for c in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
+
+
+def _dense_order(a):
+    """The axis order in which ``a``'s elements lie contiguously in memory (``a`` transposed
+    to it is C-contiguous, so one flat view covers it), or None for a strided view."""
+    order = sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]) if a.shape[i] > 1 else 0)
+    return order if a.transpose(order).flags.c_contiguous else None
+
+
+def _flat_views(first, *others):
+    """Flat views of ``first`` and ``others`` (one shape), element i of each being the same
+    element of the array, and the output: a new array in ``first``'s memory layout (e.g. a
+    convolution's channel-major output), flat in the same order. Arrays that are not dense
+    in that order are copied into it first."""
+    xp = array_module(first)
+    order = _dense_order(first)
+    if order is None:
+        first = xp.ascontiguousarray(first)
+        order = list(range(first.ndim))
+    out = xp.empty_like(first)  # keeps first's (dense) layout
+
+    def flat(a):
+        t = a.transpose(order)
+        return (t if t.flags.c_contiguous else xp.ascontiguousarray(t)).reshape(-1)
+
+    return out, flat(out), [flat(first)] + [flat(a) for a in others]
+
+
+def _in_blocks(xp, size, dtype, scratch, fn):
+    """``fn(lo, hi, *buffers)`` over blocks of ``_GELU_BLOCK`` elements covering
+    ``range(size)``, with ``scratch`` block-sized buffers of ``dtype`` (allocated once per
+    thread's range, as views of hi - lo elements); the blocks are split over the kernel
+    threads for large inputs (and run serially inside a shard)."""
+    def run(b0, b1):
+        buffers = [xp.empty(min(size, _GELU_BLOCK), dtype) for _ in range(scratch)]
+        with np.errstate(invalid="ignore"):  # inf * 0 at x = +-inf: NaN, as PyTorch, without a warning
+            for b in range(b0, b1):
+                lo, hi = b * _GELU_BLOCK, min(size, (b + 1) * _GELU_BLOCK)
+                fn(lo, hi, *(buf[:hi - lo] for buf in buffers))
+
+    parallel_ranges(-(-size // _GELU_BLOCK), run, 6 * size)
+
+
+def _phi_tail(a, e, t, out):
+    """``out`` = Phi(-a) for a = |x| >= 0 (A-S 7.1.26), given ``e`` = exp(-a^2 / 2); ``t`` is
+    scratch. All float32 arrays of one block."""
+    np.multiply(a, _AS_P, out=t)
+    t += 1.0
+    np.reciprocal(t, out=t)
+    np.multiply(t, _AS_COEFFS[4], out=out)
+    for c in _AS_COEFFS[3::-1]:
+        out += c
+        out *= t
+    out *= e
+
+
+def _store(ufunc, a, b, o, lo, hi):
+    """o[lo:hi] = ufunc(a, b): straight into the output when it has the computing dtype,
+    else through the block's ``a`` and one rounding."""
+    if o.dtype == a.dtype:
+        ufunc(a, b, out=o[lo:hi])
+    else:
+        ufunc(a, b, out=a)
+        o[lo:hi] = a
+
+
+def _compute_dtype(x):
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
+def gelu(x, approximate="none"):
+    """GELU, elementwise: ``x * Phi(x)`` (``approximate='none'``), or
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (``'tanh'``), in x's layout and dtype."""
+    out, o, (xf,) = _flat_views(x)
+    if x.dtype == np.float64 and approximate == "none":
+        o[...] = xf * (0.5 * erfc(xf * -_SQRT_HALF))  # Cody's erfc: float64 rounding, no cancellation
+        return out
+    dt = _compute_dtype(x)
+
+    def exact(lo, hi, a, e, t, q):  # x * Phi(x) = max(x, 0) - |x| * Phi(-|x|)
+        xb = xf[lo:hi].astype(dt, copy=False)
+        np.abs(xb, out=a)
+        np.multiply(a, a, out=e)
+        e *= -0.5
+        np.exp(e, out=e)
+        _phi_tail(a, e, t, q)
+        q *= a
+        np.maximum(xb, 0.0, out=t)
+        _store(np.subtract, t, q, o, lo, hi)
+
+    def tanh(lo, hi, t, h):  # 0.5 x (1 + tanh(k x (1 + a x^2)))
+        xb = xf[lo:hi].astype(dt, copy=False)
+        np.multiply(xb, xb, out=t)
+        t *= _TANH_A * _SQRT_2_OVER_PI
+        t += _SQRT_2_OVER_PI
+        t *= xb
+        np.tanh(t, out=t)
+        t += 1.0
+        np.multiply(xb, 0.5, out=h)
+        _store(np.multiply, h, t, o, lo, hi)
+
+    if approximate == "none":
+        _in_blocks(array_module(o), o.size, dt, 4, exact)
+    else:
+        _in_blocks(array_module(o), o.size, dt, 2, tanh)
+    return out
+
+
+def gelu_backward(g, x, approximate="none"):
+    """``g * GELU'(x)``: ``g * (Phi(x) + x phi(x))`` for the exact form, the tanh form's
+    derivative for ``'tanh'``; in g's layout and dtype."""
+    out, o, (gf, xf) = _flat_views(g, x)
+    if x.dtype == np.float64 and approximate == "none":
+        phi = np.exp(xf * xf * -0.5) * _INV_SQRT_2PI
+        o[...] = gf * (0.5 * erfc(xf * -_SQRT_HALF) + xf * phi)
+        return out
+    dt = _compute_dtype(x)
+
+    def exact(lo, hi, a, e, t, q):  # Phi(x) + x phi(x) = 1/2 + copysign(1/2 - Phi(-|x|), x) + x phi(x)
+        xb, gb = xf[lo:hi].astype(dt, copy=False), gf[lo:hi].astype(dt, copy=False)
+        np.abs(xb, out=a)
+        np.multiply(a, a, out=e)
+        e *= -0.5
+        np.exp(e, out=e)
+        _phi_tail(a, e, t, q)
+        np.subtract(0.5, q, out=q)
+        np.copysign(q, xb, out=q)
+        q += 0.5
+        np.multiply(xb, e, out=t)
+        t *= _INV_SQRT_2PI
+        q += t
+        _store(np.multiply, q, gb, o, lo, hi)
+
+    def tanh(lo, hi, s, e, r, d):
+        # d/dx = (1 + t) / 2 + x (1 - t^2) u' / 2, t = tanh(u), u = k x (1 + a x^2),
+        # u' = k (1 + 3 a x^2). With e = exp(-2|u|) and r = 1 / (1 + e): 1 - t^2 = 4 e r^2,
+        # and (1 + t) / 2 is r where u >= 0 (x >= 0), e r where u < 0, so neither cancels
+        # where tanh saturates (1 - tanh(u)^2 in float32 is 0 or one rounding of 1 there)
+        xb, gb = xf[lo:hi].astype(dt, copy=False), gf[lo:hi].astype(dt, copy=False)
+        np.multiply(xb, xb, out=s)
+        np.multiply(s, -2 * _TANH_A * _SQRT_2_OVER_PI, out=e)
+        e -= 2 * _SQRT_2_OVER_PI
+        e *= xb
+        np.abs(e, out=e)
+        np.negative(e, out=e)
+        np.exp(e, out=e)                        # e = exp(-2|u|)
+        np.add(e, 1.0, out=r)
+        np.reciprocal(r, out=r)                 # r = 1 / (1 + e)
+        e *= r                                  # e r
+        s *= 3 * _TANH_A * 2 * _SQRT_2_OVER_PI
+        s += 2 * _SQRT_2_OVER_PI                # 2 u'
+        s *= xb
+        s *= e
+        s *= r                                  # x (1 - t^2) u' / 2 = 2 x u' e r^2
+        np.copyto(e, r, where=xb >= 0)          # (1 + t) / 2
+        np.add(s, e, out=d)
+        _store(np.multiply, d, gb, o, lo, hi)
+
+    if approximate == "none":
+        _in_blocks(array_module(o), o.size, dt, 4, exact)
+    else:
+        _in_blocks(array_module(o), o.size, dt, 4, tanh)
+    return out
+
+
+def naive_gelu(x, approximate="none"):
+    """GELU element by element with ``math.erf``/``math.tanh`` in float64, rounded to x's dtype
+    (the plain-loop reference of ``gelu``)."""
+    out = np.empty(np.shape(x), dtype=np.float64)
+    for i, v in np.ndenumerate(np.asarray(x, dtype=np.float64)):
+        if approximate == "none":
+            out[i] = v * 0.5 * math.erfc(-v * _SQRT_HALF)
+        else:
+            out[i] = 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + _TANH_A * v ** 3)))
+    return out.astype(np.asarray(x).dtype)
+
+
+def naive_gelu_backward(g, x, approximate="none"):
+    """``g * GELU'(x)`` element by element in float64 (the plain-loop reference of
+    ``gelu_backward``), rounded to g's dtype."""
+    out = np.empty(np.shape(x), dtype=np.float64)
+    for i, v in np.ndenumerate(np.asarray(x, dtype=np.float64)):
+        if approximate == "none":
+            d = 0.5 * math.erfc(-v * _SQRT_HALF) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI
+        else:  # (1 + tanh u) / 2 = sigmoid(2u), 1 - tanh(u)^2 = 4 sigmoid(2u) sigmoid(-2u): no cancellation
+            u = _SQRT_2_OVER_PI * (v + _TANH_A * v ** 3)
+            half = _sigmoid(2 * u)
+            d = half + 2 * v * half * _sigmoid(-2 * u) * _SQRT_2_OVER_PI * (1 + 3 * _TANH_A * v * v)
+        out[i] = d * float(np.asarray(g, dtype=np.float64)[i])
+    return out.astype(np.asarray(g).dtype)
+
+
+def _sigmoid(z):
+    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))

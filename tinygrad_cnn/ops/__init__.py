@@ -26,19 +26,19 @@ def registry() -> dict[str, type[Op]]:
 
 from .elementwise import (Add, Sub, Mul, Div, Neg, Pow, Exp, Log, Maximum, Relu, ReluBackward,  # noqa: E402
                           Sigmoid, Tanh, Cast, PowTensor, Where)
-from .special import Erf, Log1p, Expm1  # noqa: E402
+from .special import Erf, Log1p, Expm1, Gelu, GeluBackward  # noqa: E402
 from .reduce import Sum, Max, LogSoftmax  # noqa: E402
 from .shape import Reshape, Transpose, Expand, GetItem, ScatterAdd, Pad, Concatenate  # noqa: E402
 from .linalg import Matmul  # noqa: E402
 from .conv import Im2col, Col2im, Conv2d, Conv2dWeight  # noqa: E402
 from .pool import MaxPool2d, MaxPool2dBackward, MaxPool2dGather, AvgPool2d, AvgPool2dBackward  # noqa: E402
-from .norm import BatchNorm, BatchNormBackward  # noqa: E402
+from .norm import BatchNorm, BatchNormBackward, ChannelAffine  # noqa: E402
 
 __all__ = ["Op", "REGISTRY", "register", "registry",
            "Add", "Sub", "Mul", "Div", "Neg", "Pow", "Exp", "Log", "Maximum", "Relu", "ReluBackward",
-           "Sigmoid", "Tanh", "Cast", "PowTensor", "Where", "Erf", "Log1p", "Expm1",
+           "Sigmoid", "Tanh", "Cast", "PowTensor", "Where", "Erf", "Log1p", "Expm1", "Gelu", "GeluBackward",
            "Sum", "Max", "LogSoftmax", "Reshape", "Transpose", "Expand", "GetItem",
            "ScatterAdd", "Pad", "Concatenate", "Matmul",
            "Im2col", "Col2im", "MaxPool2d", "MaxPool2dBackward", "MaxPool2dGather", "AvgPool2d",
-           "AvgPool2dBackward", "BatchNorm", "BatchNormBackward",
+           "AvgPool2dBackward", "BatchNorm", "BatchNormBackward", "ChannelAffine",
            "Conv2d", "Conv2dWeight"]

@@ -1,19 +1,20 @@
 """Batch normalisation in training mode: two primitives, the op and its VJP.
 
 ``batch_norm``'s forward and ``batch_norm_backward``'s forward are fused kernels
-(``kernels/norm.py``: six passes each way instead of a dozen, one saved array, channel
-blocks on threads, statistics synced across the shards of a batch). ``batch_norm``'s VJP is
-one call of ``batch_norm_backward``, a primitive with three outputs (the gradients of x,
-weight and bias); that one's VJP is Tensor code, so batch norm is differentiable to any
-order. Evaluation mode is a per-channel affine map and stays a composite in
-``functional.batch_norm``.
+(``kernels/norm.py``: one read of x per block of channels each way instead of a dozen
+passes, only per-channel values saved, channel blocks on threads, statistics synced across
+the shards of a batch). ``batch_norm``'s VJP is one call of ``batch_norm_backward``, a
+primitive with three outputs (the gradients of x, weight and bias); that one's VJP is Tensor
+code, so batch norm is differentiable to any order. Evaluation mode is ``channel_affine``
+(``x * scale + shift`` per channel, one blocked pass), with scale and shift computed from
+the running statistics, the weight and the bias in ``functional.batch_norm``.
 """
 from __future__ import annotations
 
 from ..kernels import norm as kernels
 from ..tensor import Tensor, enable_grad, grad, is_grad_enabled
 from ..threads import current_shard
-from ..xp import array_module, is_floating
+from ..xp import is_floating
 from . import Op, register
 
 
@@ -30,6 +31,7 @@ class BatchNorm(Op):
     its part of the full batch's gradient (PyTorch's SyncBatchNorm, for threads)."""
 
     name = "batch_norm"
+    reads = ("inputs",)
 
     def forward(self, x, weight, bias, running_mean=None, running_var=None, momentum=0.1, eps=1e-5):
         if not is_floating(x.dtype):
@@ -42,21 +44,26 @@ class BatchNorm(Op):
             if a is not None and a.shape != (c,):
                 raise ValueError(f"batch_norm: {what} must have shape ({c},) for input of shape {x.shape}; "
                                  f"got {a.shape}")
-        out, x_hat, inv_std, self.count = kernels.batch_norm(x, weight, bias, eps, running_mean, running_var,
-                                                             momentum)
-        self.save(x_hat, inv_std)  # the normalised input and 1/std, for the fused VJP
+        out, stats, self.count = kernels.batch_norm(x, weight, bias, eps, running_mean, running_var, momentum)
+        self.save(*stats)  # per channel: the mean and 1/std, for the fused VJP (x is a parent)
         return out
 
     def backward(self, g):
         x, weight, _ = self.parents
         need_x, need_weight, need_bias = self.needs_input_grad
-        x_hat, inv_std = self.saved
+        stats = self.saved
         if need_x or (x.requires_grad and is_grad_enabled()):  # g_weight may be differentiated in x later
-            g_x, g_weight, g_bias = BatchNormBackward.apply(g, x, weight, x_hat=x_hat, inv_std=inv_std,
+            mean, inv_std = stats
+            g_x, g_weight, g_bias = BatchNormBackward.apply(g, x, weight, mean=mean, inv_std=inv_std,
                                                             count=self.count, eps=self.params.get("eps", 1e-5))
-        else:  # nothing will differentiate through x: x_hat is a constant, the parameters' gradients two sums
+        elif not is_grad_enabled():  # nothing will differentiate through x: the parameters' gradients, two sums
+            _, g_weight, g_bias = kernels.batch_norm_backward(g.data, x.data, stats, weight.data, self.count,
+                                                              input_grad=False)
+            g_x, g_weight, g_bias = None, Tensor._wrap(g_weight, False), Tensor._wrap(g_bias, False)
+        else:  # the same sums in Tensor code (g may carry a graph); x_hat is a constant
             axes, _ = kernels.channel_axes(g)
             g_x, g_bias = None, g.sum(axis=axes)
+            x_hat = kernels.normalised(x.data, stats)
             g_weight = (g * Tensor._wrap(x_hat, False)).sum(axis=axes) if need_weight else None
         return (g_x if need_x else None), (g_weight if need_weight else None), (g_bias if need_bias else None)
 
@@ -70,10 +77,9 @@ class BatchNormBackward(Op):
     ``weight``, for the gradient ``g`` of its output, as one fused kernel (with the whole
     batch's sums when run as a shard of a synced batch).
 
-    ``x_hat`` and ``inv_std`` are the forward's normalised input and 1/std, and ``count``
-    the values per channel over the whole batch; ``batch_norm`` passes them so that nothing
-    is recomputed. They are functions of ``x``, not inputs of their own: omitted, they are
-    computed from ``x``.
+    ``mean`` and ``inv_std`` are the forward's per-channel statistics (float64) and ``count``
+    the values per channel over the whole batch; ``batch_norm`` passes them so that nothing is recomputed. They are functions
+    of ``x``, not inputs of their own: omitted, they are computed from ``x``.
 
     Its VJP differentiates the same function written in Tensor code
     (``batch_norm_vjp``: mean, variance and x_hat recomputed from ``x``) with ``grad``,
@@ -85,19 +91,18 @@ class BatchNormBackward(Op):
     every shard; it raises ``NotImplementedError`` instead."""
 
     name = "batch_norm_backward"
+    reads = ("inputs",)
 
-    def forward(self, g, x, weight, x_hat=None, inv_std=None, count=None, eps=1e-5):
+    def forward(self, g, x, weight, mean=None, inv_std=None, count=None, eps=1e-5):
         if not (g.shape == x.shape and x.ndim >= 2 and weight.shape == (x.shape[1],)):
             raise ValueError(f"batch_norm_backward: expects g and x of one shape (N, C, ...) and weight of "
                              f"shape (C,); got {g.shape}, {x.shape} and {weight.shape}")
-        if x_hat is None or inv_std is None:
-            xp = array_module(x)
-            c = x.shape[1]
-            _, x_hat, inv_std, count = kernels.batch_norm(x, xp.ones(c, x.dtype), xp.zeros(c, x.dtype), eps)
+        if mean is None or inv_std is None:
+            (mean, inv_std), count = kernels.statistics(x, eps)
         elif count is None:
             count = x.size // x.shape[1]
         self.sharded = current_shard() is not None
-        return kernels.batch_norm_backward(g, x_hat, inv_std, weight, count)
+        return kernels.batch_norm_backward(g, x, (mean, inv_std), weight, count)
 
     def backward(self, gg_x, gg_weight, gg_bias):
         if self.sharded:
@@ -125,8 +130,33 @@ class BatchNormBackward(Op):
     def label(self):
         return f"eps={self.params.get('eps', 1e-5):g}"
 
-    def __repr__(self):  # its params hold x_hat, a whole activation
+    def __repr__(self):  # its params hold per-channel arrays
         return f"{self.name}({self.label()})"
+
+
+@register
+class ChannelAffine(Op):
+    """``x * scale + shift``, one value of each per channel (axis 1): evaluation-mode batch
+    norm's map, as one blocked pass instead of a subtraction, a multiplication and an
+    addition over the whole activation. Its VJP is Tensor code: ``g * scale`` for x, and the
+    per-channel sums of ``g * x`` and ``g`` for scale and shift."""
+
+    name = "channel_affine"
+    reads = ("inputs",)
+
+    def forward(self, x, scale, shift):
+        if x.ndim < 2 or scale.shape != (x.shape[1],) or shift.shape != (x.shape[1],):
+            raise ValueError(f"channel_affine: expects x of shape (N, C, ...) and scale and shift of shape (C,); "
+                             f"got {x.shape}, {scale.shape} and {shift.shape}")
+        return kernels.channel_affine(x, scale, shift)
+
+    def backward(self, g):
+        x, scale, _ = self.parents
+        need_x, need_scale, need_shift = self.needs_input_grad
+        axes, shape = kernels.channel_axes(x)
+        return (g * scale.reshape(*shape) if need_x else None,
+                (g * x).sum(axis=axes) if need_scale else None,
+                g.sum(axis=axes) if need_shift else None)
 
 
 def batch_norm_vjp(g, x, weight, eps=1e-5):

@@ -1,17 +1,19 @@
-"""Special functions as primitives: the error function, and log(1 + x) and exp(x) - 1 with
-full precision near zero.
+"""Special functions as primitives: the error function, log(1 + x) and exp(x) - 1 with
+full precision near zero, and GELU with its derivative as blocked kernels.
 
 Each is a primitive because no composite of the others computes it well: there is no
 ``erf`` to compose from, and ``log(1 + x)`` loses every digit of ``x`` below 1e-16 (half of
 them at 1e-8), as ``exp(x) - 1`` does; softplus, log-sigmoid, ELU and the binary
-cross-entropies are built on them.
+cross-entropies are built on them. GELU is a primitive for speed: written from ``erf`` or
+``tanh`` it is a dozen full passes and intermediates each way; ``gelu`` and
+``gelu_backward`` are one cache-blocked pass each.
 """
 from __future__ import annotations
 
 import math
 
 from ..kernels import special as kernels
-from ..xp import array_module
+from ..xp import array_module, is_floating
 from . import Op, register
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
@@ -60,3 +62,77 @@ class Expm1(Op):
 
     def backward(self, g):
         return g * (self.output + 1.0)
+
+
+_APPROXIMATIONS = ("none", "tanh")
+_INV_SQRT_2PI = 0.39894228040143267794
+_SQRT_2_OVER_PI = 0.79788456080286535588
+_TANH_A = 0.044715
+
+
+def _check_gelu(op, x, approximate):
+    if approximate not in _APPROXIMATIONS:
+        raise ValueError(f"{op}: approximate must be 'none' or 'tanh'; got {approximate!r}")
+    if not is_floating(x.dtype):
+        raise TypeError(f"{op}: expects a floating-point tensor; got dtype {x.dtype}")
+
+
+@register
+class Gelu(Op):
+    """GELU, ``x * Phi(x)`` (Phi the standard normal CDF), or its tanh approximation with
+    ``approximate='tanh'`` (PyTorch's two forms), as one blocked pass (``kernels.gelu``:
+    float32 math for float32 input, float64 rounding for float64). Its VJP is
+    ``gelu_backward(g, x)``, which recomputes ``GELU'(x)`` from the input (a parent anyway),
+    so nothing is saved."""
+
+    name = "gelu"
+    reads = ("inputs",)
+
+    def forward(self, x, approximate="none"):
+        _check_gelu("gelu", x, approximate)
+        return kernels.gelu(x, approximate)
+
+    def backward(self, g):
+        return GeluBackward.apply(g, self.parents[0], approximate=self.params.get("approximate", "none"))
+
+    def label(self):
+        return f"approximate={self.params.get('approximate', 'none')}"
+
+
+@register
+class GeluBackward(Op):
+    """``g * GELU'(x)``: ``g * (Phi(x) + x phi(x))``, or the tanh form's derivative, as one
+    blocked pass (``kernels.gelu_backward``). Linear in ``g`` (its VJP there is itself), and
+    its VJP in ``x`` is ``gg * g * GELU''(x)`` in Tensor code, so GELU is differentiable to
+    any order."""
+
+    name = "gelu_backward"
+    reads = ("inputs",)
+
+    def forward(self, g, x, approximate="none"):
+        _check_gelu("gelu_backward", x, approximate)
+        if g.shape != x.shape:
+            raise ValueError(f"gelu_backward: expects g and x of one shape; got {g.shape} and {x.shape}")
+        return kernels.gelu_backward(g, x, approximate)
+
+    def backward(self, gg):
+        g, x = self.parents
+        need_g, need_x = self.needs_input_grad
+        approximate = self.params.get("approximate", "none")
+        g_g = GeluBackward.apply(gg, x, approximate=approximate) if need_g else None
+        g_x = gg * g * gelu_second_derivative(x, approximate) if need_x else None
+        return g_g, g_x
+
+    def label(self):
+        return f"approximate={self.params.get('approximate', 'none')}"
+
+
+def gelu_second_derivative(x, approximate="none"):
+    """GELU''(x) in Tensor code: ``phi(x) (2 - x^2)`` for the exact form; for the tanh form,
+    with ``u = k (x + a x^3)``, ``t = tanh(u)``: ``(1 - t^2) (u' (1 - x t u') + 3 a k x^2)``."""
+    x2 = x * x
+    if approximate == "none":
+        return (x2 * -0.5).exp() * _INV_SQRT_2PI * (2.0 - x2)
+    t = ((x2 * _TANH_A + 1.0) * x * _SQRT_2_OVER_PI).tanh()
+    du = x2 * (3 * _TANH_A * _SQRT_2_OVER_PI) + _SQRT_2_OVER_PI
+    return (1.0 - t * t) * (du * (1.0 - x * t * du) + x2 * (3 * _TANH_A * _SQRT_2_OVER_PI))
