@@ -10,7 +10,7 @@ from tinygrad_cnn import Tensor
 from tinygrad_cnn.kernels import conv as conv_kernels
 from tinygrad_cnn.kernels import gemm
 from tinygrad_cnn.kernels import norm as norm_ops
-from tinygrad_cnn.ops.conv import window_geometry
+from tinygrad_cnn.ops.conv import conv_geometry
 
 
 def _padded(a):
@@ -89,11 +89,11 @@ def test_a_conv_net_on_padded_rows_matches_contiguous(monkeypatch):
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (2, 2, 0), (3, 2, 1)])
 def test_col2im_reads_padded_columns(pad_everything, kernel, stride, padding):
     shape = (2, 3, 16, 32)
-    _, _, _, (ho, wo) = window_geometry("test", shape, kernel, stride, padding)
+    kernel_hw, stride_hw, pads, dilation, (ho, wo) = conv_geometry("test", shape, kernel, stride, padding)
     rows, n = shape[1] * kernel * kernel, shape[0] * ho * wo
     cols = gemm.empty_matrix(np, rows, n, np.float32)
     cols[...] = np.random.default_rng(2).standard_normal((rows, n), dtype=np.float32)
-    geometry = window_geometry("test", shape, kernel, stride, padding)
+    geometry = kernel_hw, stride_hw, pads, (ho, wo), dilation
     got = conv_kernels.col2im(cols, shape, *geometry)
     want = conv_kernels.col2im(np.ascontiguousarray(cols), shape, *geometry)
     assert _padded(cols) == (n * 4 % 4096 == 0)

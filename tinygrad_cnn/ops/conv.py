@@ -28,25 +28,19 @@ def as_pair(name, what, value):
         raise TypeError(f"{name}: {what} must be an int or a pair of ints; got {value!r}") from None
 
 
-def window_geometry(name, x_shape, kernel_size, stride, padding):
-    """Validate a sliding window over the last two axes; return (kernel, stride, padding, out_hw)."""
-    if len(x_shape) != 4:
-        raise ValueError(f"{name}: expects a 4-d NCHW tensor; got shape {tuple(x_shape)}")
+def window_pairs(name, kernel_size, stride, dilation):
+    """A sliding window's kernel size, stride and dilation as positive pairs, or a clear error
+    (``stride`` None: the kernel, as pooling's default). Convolutions and pooling share it."""
     kh, kw = as_pair(name, "kernel_size", kernel_size)
-    sh, sw = as_pair(name, "stride", stride)
-    ph, pw = as_pair(name, "padding", padding)
+    sh, sw = (kh, kw) if stride is None else as_pair(name, "stride", stride)
+    dh, dw = as_pair(name, "dilation", dilation)
     if kh < 1 or kw < 1:
         raise ValueError(f"{name}: kernel_size must be positive; got {(kh, kw)}")
     if sh < 1 or sw < 1:
         raise ValueError(f"{name}: stride must be positive; got {(sh, sw)}")
-    if ph < 0 or pw < 0:
-        raise ValueError(f"{name}: padding must be non-negative; got {(ph, pw)}")
-    H, W = x_shape[2], x_shape[3]
-    if kh > H + 2 * ph or kw > W + 2 * pw:
-        raise ValueError(f"{name}: kernel {kh}x{kw} is larger than the padded input "
-                         f"{H + 2 * ph}x{W + 2 * pw} (input {H}x{W}, padding {(ph, pw)})")
-    out_hw = ((H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
-    return (kh, kw), (sh, sw), (ph, pw), out_hw
+    if dh < 1 or dw < 1:
+        raise ValueError(f"{name}: dilation must be positive; got {(dh, dw)}")
+    return (kh, kw), (sh, sw), (dh, dw)
 
 
 def conv_padding(name, padding, kernel=None, stride=None, dilation=None):
@@ -85,15 +79,7 @@ def conv_geometry(name, x_shape, kernel_size, stride, padding, dilation=1):
     padding as (top, bottom, left, right) and the others as pairs."""
     if len(x_shape) != 4:
         raise ValueError(f"{name}: expects a 4-d NCHW tensor; got shape {tuple(x_shape)}")
-    kh, kw = as_pair(name, "kernel_size", kernel_size)
-    sh, sw = as_pair(name, "stride", stride)
-    dh, dw = as_pair(name, "dilation", dilation)
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{name}: kernel_size must be positive; got {(kh, kw)}")
-    if sh < 1 or sw < 1:
-        raise ValueError(f"{name}: stride must be positive; got {(sh, sw)}")
-    if dh < 1 or dw < 1:
-        raise ValueError(f"{name}: dilation must be positive; got {(dh, dw)}")
+    (kh, kw), (sh, sw), (dh, dw) = window_pairs(name, kernel_size, stride, dilation)
     pads = conv_padding(name, padding, (kh, kw), (sh, sw), (dh, dw))
     pt, pb, pl, pr = pads
     H, W = x_shape[2], x_shape[3]

@@ -25,6 +25,7 @@ from typing import NamedTuple
 from ..kernels import pool as pool_kernels
 from ..xp import is_floating
 from . import Op, register
+from .conv import as_pair, window_pairs
 
 
 class PoolGeometry(NamedTuple):
@@ -43,19 +44,6 @@ class PoolGeometry(NamedTuple):
         return self.kernel, self.stride, self.padding, self.out_hw
 
 
-def _pair(name, what, value):
-    """An int or a pair of ints as a pair of ints, or a clear error."""
-    try:
-        if isinstance(value, (tuple, list)):
-            if len(value) != 2:
-                raise TypeError
-            return operator.index(value[0]), operator.index(value[1])
-        v = operator.index(value)
-        return v, v
-    except TypeError:
-        raise TypeError(f"{name}: {what} must be an int or a pair of ints; got {value!r}") from None
-
-
 def _padding(name, value):
     """(top, bottom, left, right) from an int, an (h, w) pair or a 4-tuple, and the form to
     show in messages (a pair when the padding is symmetric)."""
@@ -63,7 +51,7 @@ def _padding(name, value):
         if isinstance(value, (tuple, list)) and len(value) == 4:
             pads = tuple(operator.index(v) for v in value)
         else:
-            ph, pw = _pair(name, "padding", value)
+            ph, pw = as_pair(name, "padding", value)
             pads = (ph, ph, pw, pw)
     except TypeError:
         raise TypeError(f"{name}: padding must be an int, an (h, w) pair or a (top, bottom, left, right) "
@@ -87,16 +75,8 @@ def pool_geometry(name, x_shape, kernel_size, stride=None, padding=0, dilation=1
     half the kernel (PyTorch's rule, the undilated kernel even with dilation)."""
     if len(x_shape) != 4:
         raise ValueError(f"{name}: expects a 4-d NCHW tensor; got shape {tuple(x_shape)}")
-    kh, kw = _pair(name, "kernel_size", kernel_size)
-    sh, sw = (kh, kw) if stride is None else _pair(name, "stride", stride)
-    dh, dw = _pair(name, "dilation", dilation)
+    (kh, kw), (sh, sw), (dh, dw) = window_pairs(name, kernel_size, stride, dilation)
     pads, shown = _padding(name, padding)
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{name}: kernel_size must be positive; got {(kh, kw)}")
-    if sh < 1 or sw < 1:
-        raise ValueError(f"{name}: stride must be positive; got {(sh, sw)}")
-    if dh < 1 or dw < 1:
-        raise ValueError(f"{name}: dilation must be positive; got {(dh, dw)}")
     if min(pads) < 0:
         raise ValueError(f"{name}: padding must be non-negative; got {shown}")
     top, bottom, left, right = pads
