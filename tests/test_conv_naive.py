@@ -96,6 +96,34 @@ def test_col2im_of_a_same_size_window(monkeypatch, shape, kernel, padding, threa
     np.testing.assert_array_equal(got, rows)
 
 
+@pytest.mark.parametrize("shape,kernel,padding,dilation", [
+    ((2, 3, 5, 7), (3, 3), (1, 1), (1, 1)), ((1, 2, 4, 4), (1, 1), (0, 0), (1, 1)),
+    ((3, 1, 6, 5), (5, 3), (2, 1), (1, 1)), ((2, 2, 1, 1), (5, 5), (2, 2), (1, 1)),  # most taps see only padding
+    ((2, 2, 2, 3), (5, 3), (2, 1), (1, 1)), ((4, 1, 3, 2), (3, 5), (1, 2), (1, 1)),
+    ((2, 3, 5, 7), (3, 3), "same", (2, 2)), ((1, 2, 6, 6), (2, 2), "same", (1, 1)),  # no centre tap
+    ((2, 1, 5, 4), (4, 3), "same", (1, 2)), ((1, 1, 2, 2), (3, 3), "same", (3, 3))])
+@pytest.mark.parametrize("layout", ["nchw", "channel_major", "strided"])
+@pytest.mark.parametrize("threaded", [False, True])
+def test_im2col_of_a_same_size_window(monkeypatch, shape, kernel, padding, dilation, layout, threaded):
+    """Stride 1 with the output grid equal to the input grid takes the flat-shift path
+    (kernels.conv._im2col_same): shifted runs of each image plane (NCHW), of each whole
+    channel (channel-major, as a convolution hands its output on), or, for an input whose
+    planes are not contiguous, the row path. Always the loops' values, exactly."""
+    if threaded:
+        monkeypatch.setattr(threads, "_MIN_PARALLEL", 0)
+        monkeypatch.setenv("TINYGRAD_CNN_THREADS", "3")
+    g = S.conv_geometry_example(shape, kernel, 1, padding, dilation)
+    assert g["out"] == shape[2:]
+    x = _rand(shape)
+    if layout == "channel_major":
+        x = _channel_major(x)
+    elif layout == "strided":
+        x = np.repeat(x, 2, axis=3)[..., ::2]
+    assert (conv_kernels._planes(x) is None) == (layout == "strided" and shape[3] > 1)
+    got = F.im2col(Tensor(x), **_conv_window(g)).numpy()
+    np.testing.assert_array_equal(got, naive_im2col(x, *_conv_reference(g)))
+
+
 @given(S.window_geometry(max_channels=3).flatmap(
     lambda g: st.tuples(st.just(g), S.arrays(g["shape"]), S.arrays(_cols_shape(g)))))
 @_examples(CORNERS, lambda g: (g, _rand(g["shape"]), _rand(_cols_shape(g), 1)))

@@ -74,7 +74,9 @@ def tap_plan(kernel, stride, padding, in_hw, out_hw, dilation=(1, 1)):
 
 
 def im2col(x, kernel, stride, padding, out_hw, ones_row=False, dilation=(1, 1)):
-    """(N, C, H, W) -> (C*kH*kW [+ 1], N*Ho*Wo) columns; with ``ones_row`` a last row of ones."""
+    """(N, C, H, W) -> (C*kH*kW [+ 1], N*Ho*Wo) columns; with ``ones_row`` a last row of ones.
+    A stride-1 window whose output grid is the input grid (a "same" convolution) takes a
+    faster path for inputs whose image planes are contiguous; the values are the same."""
     N, C, H, W = x.shape
     (kh, kw), (Ho, Wo) = kernel, out_hw
     xp = array_module(x)
@@ -85,7 +87,19 @@ def im2col(x, kernel, stride, padding, out_hw, ones_row=False, dilation=(1, 1)):
         out = xp.empty((rows + ones_row, N * Ho * Wo), dtype=x.dtype)
     if ones_row:
         out[rows] = 1
-    cols = out[:rows].reshape(C, kh, kw, N, Ho, Wo)
+    if tuple(stride) == (1, 1) and tuple(out_hw) == (H, W) and _planes(x) is not None:
+        _im2col_same(x, out[:rows], kernel, padding, dilation)
+    else:
+        _im2col_rows(x, out[:rows], kernel, stride, padding, out_hw, dilation)
+    return out
+
+
+def _im2col_rows(x, out, kernel, stride, padding, out_hw, dilation):
+    """im2col for any window into ``out`` (C*kH*kW, N*Ho*Wo): each tap copies every image
+    and channel at once, one image row at a time."""
+    N, C, H, W = x.shape
+    (kh, kw), (Ho, Wo) = kernel, out_hw
+    cols = out.reshape(C, kh, kw, N, Ho, Wo)
     xt = x.transpose(1, 0, 2, 3)
     plan = tap_plan(kernel, stride, padding, (H, W), out_hw, dilation)
     inside = {(i, j) for i, j, *_ in plan}
@@ -105,7 +119,60 @@ def im2col(x, kernel, stride, padding, out_hw, ones_row=False, dilation=(1, 1)):
                 tap[:, :, o_r, o_c.stop:] = 0
 
     parallel_ranges(C, fill, cols.size)
-    return out
+
+
+def _planes(x):
+    """x (N, C, H, W) as a (C, G, L) view of contiguous runs: (C, 1, N*H*W) when each
+    channel is one block (a convolution's channel-major output), (C, N, H*W) when each image
+    plane is; None when neither (then no shift path)."""
+    N, C, H, W = x.shape
+    xt, item = x.transpose(1, 0, 2, 3), x.itemsize
+    if W > 1 and xt.strides[3] != item or H > 1 and xt.strides[2] != W * item:
+        return None
+    if N == 1 or xt.strides[1] == H * W * item:
+        return xt.reshape(C, 1, N * H * W)
+    return xt.reshape(C, N, H * W)
+
+
+def _im2col_same(x, out, kernel, padding, dilation):
+    """im2col of a stride-1 window whose output grid is the input grid, into ``out``: every
+    kernel offset (di, dj) is then one constant shift of a channel's pixels (flattened over
+    all images, or over each image), so each tap is one long contiguous copy instead of a
+    copy per image row. The shift also carries pixels across each row's (and image's) edge;
+    where a tap reads padding (a band of ``|di|`` rows and ``|dj|`` columns on one side) the
+    columns are zeroed after the copy, which also covers the few entries the shift leaves
+    unwritten at the ends. The transpose of ``col2im_same``."""
+    N, C, H, W = x.shape
+    (kh, kw), (ph, pw), (dh, dw) = kernel, leading(padding), dilation
+    src = _planes(x)
+    G, L = src.shape[1:]
+    runs = out.reshape(C, kh * kw, G, L)
+    pixels = out.reshape(C, kh * kw, N, H, W)
+    inside = {i * kw + j for i, j, *_ in tap_plan(kernel, (1, 1), padding, (H, W), (H, W), dilation)}
+    offsets = [(i * dh - ph, j * dw - pw, i * kw + j) for i in range(kh) for j in range(kw)]
+
+    def fill(c_lo, c_hi):
+        s = src[c_lo:c_hi]
+        for di, dj, k in offsets:
+            if k not in inside:  # a tap that only ever sees padding
+                pixels[c_lo:c_hi, k] = 0
+                continue
+            shift, dst = di * W + dj, runs[c_lo:c_hi, k]
+            if shift >= 0:
+                dst[..., :L - shift] = s[..., shift:]
+            else:
+                dst[..., -shift:] = s[..., :L + shift]
+            band = pixels[c_lo:c_hi, k]
+            if di > 0:
+                band[:, :, H - di:] = 0
+            elif di < 0:
+                band[:, :, :-di] = 0
+            if dj > 0:
+                band[..., W - dj:] = 0
+            elif dj < 0:
+                band[..., :-dj] = 0
+
+    parallel_ranges(C, fill, out.size)
 
 
 # --------------------------------------------------------------------------------- col2im
