@@ -548,6 +548,25 @@ def test_recipe_resumes_exactly_after_an_epoch_and_inside_one(small_run, tmp_pat
     assert lines[0].startswith("nothing to do")
 
 
+@pytest.mark.parametrize("tamper, part", [
+    (lambda s: s.pop("lookahead"), "lookahead"),
+    (lambda s: s["lookahead"].update(steps=3), "steps"),
+    (lambda s: s.update(steps="many"), "steps"),
+    (lambda s: s["history"].pop(), "history"),
+])
+def test_recipe_refuses_a_checkpoint_that_does_not_fit_naming_the_part(small_run, tmp_path, tamper, part):
+    from tinygrad_cnn.io import CheckpointError, load_state, save_state
+
+    full_out, _ = small_run
+    out = tmp_path / "tampered"
+    out.mkdir()
+    state = load_state(full_out / "checkpoint.npz")
+    tamper(state)
+    save_state(out / "checkpoint.npz", state)
+    with pytest.raises(CheckpointError, match=f"cannot resume from it: its {part} state does not fit this run"):
+        _run(out, "--resume")
+
+
 def test_recipe_without_epoch_eval_trains_the_same(small_run, tmp_path):
     full_out, _ = small_run
     quiet = tmp_path / "quiet"

@@ -38,7 +38,7 @@ from pathlib import Path
 import tinygrad_cnn as tc
 import tinygrad_cnn.functional as F
 from tinygrad_cnn import data, optim, rng, tta
-from tinygrad_cnn.io import CheckpointError, atomic_write, save_state
+from tinygrad_cnn.io import atomic_write, save_state
 from tinygrad_cnn.lookahead import Lookahead
 
 
@@ -174,32 +174,18 @@ def _setup(cfg, recipe, datasets):
 
 
 def _restore(path, state, model, optimizer, schedule, loader, lookahead):
-    """A checkpoint's states, or a CheckpointError naming the part that does not fit."""
-    part = "model"
+    """train.cifar10's restore, with the lookahead's averages and the step count; a
+    CheckpointError names the part that does not fit."""
+    from train import cifar10 as cli
+
+    history, elapsed, partial = cli._restore(path, state, model, optimizer, schedule, loader,
+                                             extra={"lookahead": lookahead})
     try:
-        model.load_state_dict(state["model"])
-        part = "optimizer"
-        optimizer.load_state_dict(state["optimizer"])
-        part = "schedule"
-        schedule.load_state_dict(state["schedule"])
-        part = "loader"
-        loader.load_state_dict(state["loader"])
-        part = "lookahead"
-        lookahead.load_state_dict(state["lookahead"])
-        part = "rng"
-        rng.set_state(state["rng"])
-        part = "history"
-        history = [dict(r) for r in state["history"]]
-        elapsed, steps = float(state["elapsed"]), int(state["steps"])
-        partial = state.get("partial")
-        partial = None if partial is None else {k: partial[k] for k in ("loss_sum", "correct", "seen", "train_time")}
-        if int(state["epoch"]) != len(history) or lookahead.steps != steps:
-            raise ValueError(f"epoch {state['epoch']} with a history of {len(history)} epochs, {steps} steps with "
-                             f"a lookahead at {lookahead.steps}")
-    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
-        detail = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else e
-        raise CheckpointError(f"{path}: cannot resume from it: its {part} state does not fit this "
-                              f"airbench run ({type(e).__name__}: {detail})") from None
+        steps = int(state["steps"])
+        if lookahead.steps != steps:
+            raise ValueError(f"{steps} steps with a lookahead at {lookahead.steps}")
+    except (KeyError, ValueError, TypeError) as e:
+        raise cli._unfit(path, "steps", e) from None
     return history, elapsed, steps, partial
 
 

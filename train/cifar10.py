@@ -439,9 +439,11 @@ def _setup(cfg: Config, team):
     return train_loader, test_loader, model, optimizer, schedule
 
 
-def _restore(path, state, model, optimizer, schedule, train_loader):
+def _restore(path, state, model, optimizer, schedule, train_loader, extra=None):
     """Load a checkpoint's states; one that does not fit this run is a CheckpointError naming
-    the part (model, optimizer, schedule, loader, rng, history) and the reason."""
+    the part (model, optimizer, schedule, loader, one of ``extra``, rng, history) and the
+    reason. ``extra``: further {name: object with load_state_dict} saved under those names (the
+    airbench recipe's lookahead), loaded after the loader."""
     part = "model"
     try:
         model.load_state_dict(state["model"])
@@ -452,6 +454,8 @@ def _restore(path, state, model, optimizer, schedule, train_loader):
             schedule.load_state_dict(state["schedule"])
         part = "loader"
         train_loader.load_state_dict(state["loader"])
+        for part, obj in (extra or {}).items():
+            obj.load_state_dict(state[part])
         part = "rng"
         rng.set_state(state["rng"])
         part = "history"
@@ -462,10 +466,15 @@ def _restore(path, state, model, optimizer, schedule, train_loader):
         if epoch != len(history) or any(r["epoch"] != i + 1 for i, r in enumerate(history)):
             raise ValueError(f"epoch {epoch} but a history of {len(history)} epochs")
     except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
-        detail = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else e
-        raise CheckpointError(f"{path}: cannot resume from it: its {part} state does not fit this run "
-                              f"({type(e).__name__}: {detail})") from None
+        raise _unfit(path, part, e) from None
     return history, elapsed, partial
+
+
+def _unfit(path, part, e):
+    """The CheckpointError for a checkpoint whose ``part`` state does not fit this run."""
+    detail = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else e
+    return CheckpointError(f"{path}: cannot resume from it: its {part} state does not fit this run "
+                           f"({type(e).__name__}: {detail})")
 
 
 def run(cfg: Config, log=print, command=None, overwrite=False, interrupt=None, team=None):
