@@ -119,7 +119,10 @@ def test_im2col_of_a_same_size_window(monkeypatch, shape, kernel, padding, dilat
         x = _channel_major(x)
     elif layout == "strided":
         x = np.repeat(x, 2, axis=3)[..., ::2]
-    assert (conv_kernels._planes(x) is None) == (layout == "strided" and shape[3] > 1)
+    assert (conv_kernels._planes(x) is None) == (layout == "strided" and shape[3] > 1)  # short planes
+    big = np.zeros((2, 2, 9, 9))  # an NCHW plane longer than _SHORT_PLANE: the row path
+    assert conv_kernels._planes(big) is None and conv_kernels._planes(_channel_major(big)) is not None
+    assert conv_kernels._planes(big, max_plane=None).shape == (2, 2, 81)
     got = F.im2col(Tensor(x), **_conv_window(g)).numpy()
     np.testing.assert_array_equal(got, naive_im2col(x, *_conv_reference(g)))
 

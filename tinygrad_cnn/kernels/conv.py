@@ -76,7 +76,8 @@ def tap_plan(kernel, stride, padding, in_hw, out_hw, dilation=(1, 1)):
 def im2col(x, kernel, stride, padding, out_hw, ones_row=False, dilation=(1, 1)):
     """(N, C, H, W) -> (C*kH*kW [+ 1], N*Ho*Wo) columns; with ``ones_row`` a last row of ones.
     A stride-1 window whose output grid is the input grid (a "same" convolution) takes a
-    faster path for inputs whose image planes are contiguous; the values are the same."""
+    faster path (``_im2col_same``) for channel-major input and for short contiguous NCHW
+    image planes; the values are the same."""
     N, C, H, W = x.shape
     (kh, kw), (Ho, Wo) = kernel, out_hw
     xp = array_module(x)
@@ -121,30 +122,37 @@ def _im2col_rows(x, out, kernel, stride, padding, out_hw, dilation):
     parallel_ranges(C, fill, cols.size)
 
 
-def _planes(x):
-    """x (N, C, H, W) as a (C, G, L) view of contiguous runs: (C, 1, N*H*W) when each
-    channel is one block (a convolution's channel-major output), (C, N, H*W) when each image
-    plane is; None when neither (then no shift path)."""
+# NCHW image planes up to this many pixels take the shift path one plane at a time; larger
+# ones ran at 0.96-1.20x the row path's time (benchmarks/im2col_paths.py), smaller ones 0.5-0.7x.
+_SHORT_PLANE = 64
+
+
+def _planes(x, max_plane=_SHORT_PLANE):
+    """x (N, C, H, W) as a (C, G, L) view of contiguous runs for the shift path: (C, 1,
+    N*H*W) when each channel is one block (a convolution's channel-major output), (C, N, H*W)
+    when each image plane is and has at most ``max_plane`` pixels (None: any); None
+    otherwise (then the row path)."""
     N, C, H, W = x.shape
     xt, item = x.transpose(1, 0, 2, 3), x.itemsize
     if W > 1 and xt.strides[3] != item or H > 1 and xt.strides[2] != W * item:
         return None
     if N == 1 or xt.strides[1] == H * W * item:
         return xt.reshape(C, 1, N * H * W)
-    return xt.reshape(C, N, H * W)
+    return xt.reshape(C, N, H * W) if max_plane is None or H * W <= max_plane else None
 
 
-def _im2col_same(x, out, kernel, padding, dilation):
+def _im2col_same(x, out, kernel, padding, dilation, src=None):
     """im2col of a stride-1 window whose output grid is the input grid, into ``out``: every
     kernel offset (di, dj) is then one constant shift of a channel's pixels (flattened over
     all images, or over each image), so each tap is one long contiguous copy instead of a
     copy per image row. The shift also carries pixels across each row's (and image's) edge;
     where a tap reads padding (a band of ``|di|`` rows and ``|dj|`` columns on one side) the
     columns are zeroed after the copy, which also covers the few entries the shift leaves
-    unwritten at the ends. The transpose of ``col2im_same``."""
+    unwritten at the ends. The transpose of ``col2im_same``. ``src``: ``_planes(x)``, or
+    another of its views (a benchmark times each)."""
     N, C, H, W = x.shape
     (kh, kw), (ph, pw), (dh, dw) = kernel, leading(padding), dilation
-    src = _planes(x)
+    src = _planes(x) if src is None else src
     G, L = src.shape[1:]
     runs = out.reshape(C, kh * kw, G, L)
     pixels = out.reshape(C, kh * kw, N, H, W)
