@@ -65,6 +65,21 @@ def test_report_table_targets_and_plot_from_run_directories(tmp_path):
     assert "](img/compare.png)" in text
 
 
+def test_a_rewrite_keeps_the_hand_written_part_of_the_report(tmp_path):
+    """Regression: ``--report docs/results.md`` used to replace the whole file, hand-written
+    sections (short ResNet runs, airbench) included."""
+    _write_run(tmp_path / "runs" / "seed_cnn", "seed_cnn", [0.5, 0.6], [50000, 50000])
+    rc, report = _report(tmp_path)
+    assert rc == 0 and compare.HAND_WRITTEN not in report.read_text()
+    hand = f"{compare.HAND_WRITTEN}\n\n## By hand\n\n| a row | 90% |\n"
+    report.write_text(report.read_text() + "\n" + hand)
+    _write_run(tmp_path / "runs" / "fc", "fc", [0.45], [50000])
+    rc, _ = _report(tmp_path)
+    text = report.read_text()
+    assert rc == 0 and text.endswith(hand) and text.count(compare.HAND_WRITTEN) == 1
+    assert "| fc (" in text  # the generated part was rewritten
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "summary.json").unlink(), "is not a finished run: summary.json is missing"),
     (lambda d: (d / "metrics.jsonl").write_text('{"epoch": 1, "test_acc"'), "has a corrupt summary.json or metrics.jsonl"),

@@ -156,8 +156,23 @@ def write_report(runs, path, plot_path):
         cut = epoch_positions(history)[-1] < len(history) - 1e-9  # the last epoch saw fewer images
         last = f", the last cut short by the budget after {history[-1]['images']:,} images" if cut else ""
         lines.append(f"- {label}: {accs} (%, epochs 1..{len(history)}{last}; wall {history[-1]['wall_time']:.0f} s)")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + _hand_written(path)
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# Everything from this line on in a report is written by hand (figures of runs this study does
+# not make), and a rewrite of the report keeps it.
+HAND_WRITTEN = "<!-- written by hand from here on: train.compare keeps this part when it rewrites the report -->"
+
+
+def _hand_written(path):
+    """The hand-written tail of the report at ``path`` (from the ``HAND_WRITTEN`` line on), or ''."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return ""
+    at = text.find(HAND_WRITTEN)
+    return "" if at < 0 else "\n" + text[at:]
 
 
 def collect_runs(args, out):
