@@ -650,3 +650,34 @@ def test_tta_profile_runs(capsys):
     assert airbench_speed.main(["tta", "--model", "airbench93", "--images", "4"]) == 0
     text = capsys.readouterr().out
     assert "tta.predict level 2 of 4 images (24 views)" in text and "gelu" in text and "channel_affine" in text
+
+
+def test_conv_limits_prints_every_3x3_layer_and_its_winograd_prototype_is_a_convolution(capsys):
+    import numpy as np
+
+    from benchmarks import conv_limits
+    from tinygrad_cnn.kernels.conv import naive_conv2d
+
+    assert conv_limits.main(["--model", "airbench93", "--batch", "2", "--reps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("sgemm 1024^3")
+    assert [ln.split(":")[0].strip() for ln in lines[2:]] == [
+        "24->64 @31", "64->64 @15", "64->128 @15", "128->128 @7", "128->128 @3"]
+    # the prototype computes the 'same' 3x3 convolution, odd and even sizes, channel-major in and out
+    rng = np.random.default_rng(0)
+    for size in (3, 4, 7):
+        x = rng.standard_normal((2, 3, size, size))
+        w = rng.standard_normal((5, 3, 3, 3))
+        (_, _, _), got = conv_limits.winograd_conv3x3(np.ascontiguousarray(x.transpose(1, 0, 2, 3)), w, reps=1)
+        want = naive_conv2d(x, w, None, (3, 3), (1, 1), (1, 1, 1, 1))
+        np.testing.assert_allclose(got.transpose(1, 0, 2, 3), want, rtol=1e-10, atol=1e-10)
+
+
+def test_im2col_paths_benchmark_times_both_paths(capsys, monkeypatch):
+    from benchmarks import im2col_paths
+
+    monkeypatch.setenv("TINYGRAD_CNN_THREADS", "1")  # restored after the test (main sets it too)
+
+    assert im2col_paths.main(["--rounds", "1", "--shapes", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all("rows" in ln and "shift/rows" in ln for ln in lines)
