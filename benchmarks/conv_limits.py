@@ -18,7 +18,7 @@ training. For every 3x3 layer shape of the network:
 
 And the yardstick: sgemm 1024^3 on one thread. Each figure is the best of ``--reps`` runs. The
 Winograd code here is a measuring prototype, not a kernel of the framework: it answers whether
-such a kernel, in numpy, would beat im2col + GEMM (docs/airbench.md, "Where the time goes").
+such a kernel, in numpy, would beat im2col + GEMM (docs/airbench.md, "Where the time goes now").
 """
 from __future__ import annotations
 
