@@ -88,8 +88,9 @@ def im2col(x, kernel, stride, padding, out_hw, ones_row=False, dilation=(1, 1)):
         out = xp.empty((rows + ones_row, N * Ho * Wo), dtype=x.dtype)
     if ones_row:
         out[rows] = 1
-    if tuple(stride) == (1, 1) and tuple(out_hw) == (H, W) and _planes(x) is not None:
-        _im2col_same(x, out[:rows], kernel, padding, dilation)
+    src = _planes(x) if tuple(stride) == (1, 1) and tuple(out_hw) == (H, W) else None
+    if src is not None:
+        _im2col_same(x, out[:rows], kernel, padding, dilation, src)
     else:
         _im2col_rows(x, out[:rows], kernel, stride, padding, out_hw, dilation)
     return out
