@@ -20,7 +20,7 @@ FORMS = ["none", "tanh"]
 
 
 def _floats(dtype, lo=-8.0, hi=8.0):
-    return st.floats(lo, hi, allow_nan=False, allow_subnormal=False, width=32 if dtype == np.float32 else 64)
+    return st.floats(lo, hi, allow_nan=False, allow_subnormal=False, width=8 * np.dtype(dtype).itemsize)
 
 
 def _gelu64(x, approximate):
@@ -102,12 +102,61 @@ def test_nan_and_inf_propagate_as_torch():
         np.testing.assert_array_equal(K.gelu(x, approximate), theirs)
 
 
-def test_primitive_saves_nothing_and_records_one_node():
+@pytest.mark.parametrize("approximate", FORMS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@given(data=st.data())
+def test_the_kept_slope_gives_the_same_bits(approximate, dtype, data):
+    """gelu(x, slope=True) returns gelu(x) unchanged and GELU'(x), and g * that slope is bit for
+    bit what gelu_backward computes from x, in g's layout; the slope is never written."""
+    shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=4, max_side=5))
+    x = data.draw(hnp.arrays(dtype, shape, elements=_floats(dtype)))
+    g = data.draw(hnp.arrays(dtype, shape, elements=_floats(dtype, -3.0, 3.0)))
+    if x.ndim == 4 and data.draw(st.booleans()):
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)  # channel-major
+    y, slope = K.gelu(x, approximate, slope=True)
+    np.testing.assert_array_equal(y, K.gelu(x, approximate))
+    assert slope.shape == x.shape and slope.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    same_layout = [a * x.itemsize == b * slope.itemsize for a, b, n in zip(slope.strides, y.strides, x.shape) if n > 1]
+    assert all(same_layout)  # the slope is laid out as the output (a channel-major one too)
+    kept = slope.copy()
+    d = K.gelu_backward(g, x, approximate, slope=slope)
+    np.testing.assert_array_equal(d, K.gelu_backward(g, x, approximate))
+    assert d.dtype == dtype and d.strides == K.gelu_backward(g, x, approximate).strides
+    np.testing.assert_array_equal(slope, kept)
+
+
+@pytest.mark.parametrize("approximate", FORMS)
+def test_the_slope_straddles_blocks_and_threads(approximate, monkeypatch):
+    monkeypatch.setattr(K, "_GELU_BLOCK", 1000)
+    monkeypatch.setattr(threads, "_MIN_PARALLEL", 0)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((5, 6, 7, 9)) * 3).astype(np.float32).transpose(1, 0, 2, 3)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    y, slope = K.gelu(x, approximate, slope=True)
+    np.testing.assert_array_equal(y, K.gelu(x, approximate))
+    np.testing.assert_array_equal(K.gelu_backward(g, x, approximate, slope=slope), K.gelu_backward(g, x, approximate))
+    np.testing.assert_allclose(slope, _gelu64(x, approximate)[1], rtol=2e-6, atol=2e-6)
+
+
+def test_recording_keeps_the_slope_and_inference_keeps_nothing():
     x = Tensor(np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4), requires_grad=True)
     y = F.gelu(x)
-    assert y._ctx.name == "gelu" and y._ctx.saved == () and y._ctx.label() == "approximate=none"
-    y.backward(np.ones(y.shape, np.float32))
-    np.testing.assert_allclose(x.grad.data, _gelu64(x.data, "none")[1], rtol=1e-6, atol=1e-6)
+    assert y._ctx.name == "gelu" and y._ctx.label() == "approximate=none"
+    (slope,) = y._ctx.saved
+    np.testing.assert_allclose(slope, _gelu64(x.data, "none")[1], rtol=1e-6, atol=1e-6)
+    (g,) = tc.grad(y.sum(), [x], create_graph=True)
+    np.testing.assert_array_equal(g.data, K.gelu_backward(np.ones(y.shape, np.float32), x.data))
+    assert repr(g._ctx) == "gelu_backward(approximate='none', slope=float32[3x4])"  # not the slope's values
+    with tc.no_grad():
+        assert F.gelu(x)._ctx is None
+    assert F.gelu(Tensor(x.data))._ctx is None  # nothing requires grad: nothing recorded
+
+
+def test_a_slope_of_another_shape_is_refused():
+    x = Tensor(np.zeros(3))
+    with pytest.raises(ValueError, match=r"gelu_backward: slope must be GELU'\(x\), an array of x's shape \(3,\); "
+                                         r"got \(2,\)"):
+        ops.GeluBackward.apply(x, x, slope=np.zeros(2))
 
 
 @pytest.mark.parametrize("op", ["gelu", "gelu_backward"])

@@ -238,8 +238,8 @@ class Op:
         if getattr(self, "_versions", None):  # recorded, not released: a graph dropped without backward
             _locks.unlock(self, blocking=False)  # its arrays become writable again
 
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+    def __repr__(self):  # arrays among the parameters (a kept slope) as dtype[shape], not their values
+        args = ", ".join(f"{k}={_short(v) if hasattr(v, 'shape') else repr(v)}" for k, v in self.params.items())
         return f"{self.name}({args})"
 
 

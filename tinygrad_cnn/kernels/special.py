@@ -220,14 +220,66 @@ def _compute_dtype(x):
     return np.float64 if x.dtype == np.float64 else np.float32
 
 
-def gelu(x, approximate="none"):
+def _exact_slope(xb, e, q, d):
+    """``d`` = GELU'(x) = Phi(x) + x phi(x) = 1/2 + copysign(1/2 - Phi(-|x|), x) + x phi(x) for
+    one float32 block, from ``e`` = exp(-x^2 / 2) and ``q`` = Phi(-|x|) (consumed)."""
+    np.subtract(0.5, q, out=q)
+    np.copysign(q, xb, out=q)
+    q += 0.5
+    np.multiply(xb, e, out=d)
+    d *= _INV_SQRT_2PI
+    d += q
+
+
+def _tanh_slope(xb, s, e, r, d):
+    """``d`` = the tanh form's GELU'(x) for one block (``s``, ``e``, ``r`` scratch).
+
+    d/dx = (1 + t) / 2 + x (1 - t^2) u' / 2, t = tanh(u), u = k x (1 + a x^2),
+    u' = k (1 + 3 a x^2). With e = exp(-2|u|) and r = 1 / (1 + e): 1 - t^2 = 4 e r^2,
+    and (1 + t) / 2 is r where u >= 0 (x >= 0), e r where u < 0, so neither cancels
+    where tanh saturates (1 - tanh(u)^2 in float32 is 0 or one rounding of 1 there)."""
+    np.multiply(xb, xb, out=s)
+    np.multiply(s, -2 * _TANH_A * _SQRT_2_OVER_PI, out=e)
+    e -= 2 * _SQRT_2_OVER_PI
+    e *= xb
+    np.abs(e, out=e)
+    np.negative(e, out=e)
+    np.exp(e, out=e)                        # e = exp(-2|u|)
+    np.add(e, 1.0, out=r)
+    np.reciprocal(r, out=r)                 # r = 1 / (1 + e)
+    e *= r                                  # e r
+    s *= 3 * _TANH_A * 2 * _SQRT_2_OVER_PI
+    s += 2 * _SQRT_2_OVER_PI                # 2 u'
+    s *= xb
+    s *= e
+    s *= r                                  # x (1 - t^2) u' / 2 = 2 x u' e r^2
+    np.copyto(e, r, where=xb >= 0)          # (1 + t) / 2
+    np.add(s, e, out=d)
+
+
+def gelu(x, approximate="none", slope=False):
     """GELU, elementwise: ``x * Phi(x)`` (``approximate='none'``), or
-    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (``'tanh'``), in x's layout and dtype."""
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (``'tanh'``), in x's layout and dtype.
+
+    With ``slope``, returns ``(gelu(x), GELU'(x))``, the derivative in x's layout and the
+    computing dtype (float32 for float32 and narrower), from the same pass: the exact form
+    reuses the exponential and ``Phi`` it has just computed, so a recorded forward that keeps
+    the slope makes its backward one multiply (``gelu_backward(g, x, slope=...)``), bit for bit
+    the product ``gelu_backward`` would compute from x. The output is the same either way."""
     out, o, (xf,) = _flat_views(x)
-    if x.dtype == np.float64 and approximate == "none":
-        o[...] = xf * (0.5 * erfc(xf * -_SQRT_HALF))  # Cody's erfc: float64 rounding, no cancellation
-        return out
+    xp = array_module(o)
     dt = _compute_dtype(x)
+    d_out = d = None
+    if slope:  # a new array in out's layout, and its flat view in o's order
+        order = _dense_order(out)
+        dense = xp.empty(tuple(out.shape[i] for i in order), dt)
+        d_out, d = dense.transpose(np.argsort(order).astype(int)), dense.reshape(-1)
+    if x.dtype == np.float64 and approximate == "none":
+        cdf = 0.5 * erfc(xf * -_SQRT_HALF)  # Cody's erfc: float64 rounding, no cancellation
+        o[...] = xf * cdf
+        if slope:
+            d[...] = cdf + xf * (np.exp(xf * xf * -0.5) * _INV_SQRT_2PI)
+        return (out, d_out) if slope else out
 
     def exact(lo, hi, a, e, t, q):  # x * Phi(x) = max(x, 0) - |x| * Phi(-|x|)
         xb = xf[lo:hi].astype(dt, copy=False)
@@ -236,11 +288,13 @@ def gelu(x, approximate="none"):
         e *= -0.5
         np.exp(e, out=e)
         _phi_tail(a, e, t, q)
-        q *= a
-        np.maximum(xb, 0.0, out=t)
-        _store(np.subtract, t, q, o, lo, hi)
+        np.multiply(q, a, out=t)
+        np.maximum(xb, 0.0, out=a)
+        _store(np.subtract, a, t, o, lo, hi)
+        if slope:
+            _exact_slope(xb, e, q, d[lo:hi])
 
-    def tanh(lo, hi, t, h):  # 0.5 x (1 + tanh(k x (1 + a x^2)))
+    def tanh(lo, hi, t, h, *scratch):  # 0.5 x (1 + tanh(k x (1 + a x^2)))
         xb = xf[lo:hi].astype(dt, copy=False)
         np.multiply(xb, xb, out=t)
         t *= _TANH_A * _SQRT_2_OVER_PI
@@ -250,17 +304,32 @@ def gelu(x, approximate="none"):
         t += 1.0
         np.multiply(xb, 0.5, out=h)
         _store(np.multiply, h, t, o, lo, hi)
+        if slope:
+            _tanh_slope(xb, t, h, scratch[0], d[lo:hi])
 
     if approximate == "none":
-        _in_blocks(array_module(o), o.size, dt, 4, exact)
+        _in_blocks(xp, o.size, dt, 4, exact)
     else:
-        _in_blocks(array_module(o), o.size, dt, 2, tanh)
-    return out
+        _in_blocks(xp, o.size, dt, 3 if slope else 2, tanh)
+    return (out, d_out) if slope else out
 
 
-def gelu_backward(g, x, approximate="none"):
+def gelu_backward(g, x, approximate="none", slope=None):
     """``g * GELU'(x)``: ``g * (Phi(x) + x phi(x))`` for the exact form, the tanh form's
-    derivative for ``'tanh'``; in g's layout and dtype."""
+    derivative for ``'tanh'``; in g's layout and dtype. ``slope``: GELU'(x) as
+    ``gelu(x, slope=True)`` returned it, so that this is one multiply (x is then not read)."""
+    if slope is not None:
+        out, o, (gf, sf) = _flat_views(g, slope)
+
+        def scale(lo, hi):  # never through the slope's memory: it is the forward's, kept
+            if o.dtype == sf.dtype:
+                np.multiply(sf[lo:hi], gf[lo:hi], out=o[lo:hi])
+            else:
+                o[lo:hi] = sf[lo:hi] * gf[lo:hi].astype(sf.dtype)
+
+        parallel_ranges(o.size, lambda lo, hi: [scale(b, min(hi, b + _GELU_BLOCK))
+                                                 for b in range(lo, hi, _GELU_BLOCK)], 3 * o.size)
+        return out
     out, o, (gf, xf) = _flat_views(g, x)
     if x.dtype == np.float64 and approximate == "none":
         phi = np.exp(xf * xf * -0.5) * _INV_SQRT_2PI
@@ -268,50 +337,22 @@ def gelu_backward(g, x, approximate="none"):
         return out
     dt = _compute_dtype(x)
 
-    def exact(lo, hi, a, e, t, q):  # Phi(x) + x phi(x) = 1/2 + copysign(1/2 - Phi(-|x|), x) + x phi(x)
+    def exact(lo, hi, a, e, t, q):
         xb, gb = xf[lo:hi].astype(dt, copy=False), gf[lo:hi].astype(dt, copy=False)
         np.abs(xb, out=a)
         np.multiply(a, a, out=e)
         e *= -0.5
         np.exp(e, out=e)
         _phi_tail(a, e, t, q)
-        np.subtract(0.5, q, out=q)
-        np.copysign(q, xb, out=q)
-        q += 0.5
-        np.multiply(xb, e, out=t)
-        t *= _INV_SQRT_2PI
-        q += t
-        _store(np.multiply, q, gb, o, lo, hi)
+        _exact_slope(xb, e, q, t)
+        _store(np.multiply, t, gb, o, lo, hi)
 
     def tanh(lo, hi, s, e, r, d):
-        # d/dx = (1 + t) / 2 + x (1 - t^2) u' / 2, t = tanh(u), u = k x (1 + a x^2),
-        # u' = k (1 + 3 a x^2). With e = exp(-2|u|) and r = 1 / (1 + e): 1 - t^2 = 4 e r^2,
-        # and (1 + t) / 2 is r where u >= 0 (x >= 0), e r where u < 0, so neither cancels
-        # where tanh saturates (1 - tanh(u)^2 in float32 is 0 or one rounding of 1 there)
         xb, gb = xf[lo:hi].astype(dt, copy=False), gf[lo:hi].astype(dt, copy=False)
-        np.multiply(xb, xb, out=s)
-        np.multiply(s, -2 * _TANH_A * _SQRT_2_OVER_PI, out=e)
-        e -= 2 * _SQRT_2_OVER_PI
-        e *= xb
-        np.abs(e, out=e)
-        np.negative(e, out=e)
-        np.exp(e, out=e)                        # e = exp(-2|u|)
-        np.add(e, 1.0, out=r)
-        np.reciprocal(r, out=r)                 # r = 1 / (1 + e)
-        e *= r                                  # e r
-        s *= 3 * _TANH_A * 2 * _SQRT_2_OVER_PI
-        s += 2 * _SQRT_2_OVER_PI                # 2 u'
-        s *= xb
-        s *= e
-        s *= r                                  # x (1 - t^2) u' / 2 = 2 x u' e r^2
-        np.copyto(e, r, where=xb >= 0)          # (1 + t) / 2
-        np.add(s, e, out=d)
+        _tanh_slope(xb, s, e, r, d)
         _store(np.multiply, d, gb, o, lo, hi)
 
-    if approximate == "none":
-        _in_blocks(array_module(o), o.size, dt, 4, exact)
-    else:
-        _in_blocks(array_module(o), o.size, dt, 4, tanh)
+    _in_blocks(array_module(o), o.size, dt, 4, exact if approximate == "none" else tanh)
     return out
 
 
