@@ -38,7 +38,10 @@ def _median_time(fn, reps):
     return statistics.median(times)
 
 
-def steps(model, data_path, threads, per_block, rounds, micro_batch, images=10240, log=print):
+def steps(model, data_path, threads, per_block, rounds, micro_batch, images=10240, whiten_bias=True, log=print):
+    """Median step times, ours and PyTorch's, in alternating blocks. ``whiten_bias``: the
+    whitening bias trains (the recipe's first epochs: the first conv's input gradient is
+    needed) or is frozen (the epochs after)."""
     import torch
 
     import tinygrad_cnn as tc
@@ -55,6 +58,7 @@ def steps(model, data_path, threads, per_block, rounds, micro_batch, images=1024
     cfg = cli.config_from_args(cli.build_parser().parse_args(flags))
     recipe = airbench.RECIPES[model]
     loader, _, net, opt, schedule, lookahead, _, _ = airbench._setup(cfg, recipe, (train_set, test_set))
+    net.whiten.bias.requires_grad = whiten_bias
     params = [p for p in net.parameters() if p.requires_grad]
     batches = iter(loader)
 
@@ -79,6 +83,7 @@ def steps(model, data_path, threads, per_block, rounds, micro_batch, images=1024
     std = torch.tensor(data.CIFAR10_STD).view(1, -1, 1, 1)
     timages = (torch.from_numpy(np.ascontiguousarray(train_set.images)).float() / 255 - mean) / std
     ref.init_whitening(tnet.whiten, timages[:recipe.whiten_images], recipe.whiten_eps)
+    tnet.whiten.bias.requires_grad_(whiten_bias)
     tloader = ref.Loader(timages, torch.from_numpy(train_set.labels), cfg.batch_size, recipe.translate,
                          torch.Generator().manual_seed(0))
     topt = torch.optim.SGD([p for p in tnet.parameters() if p.requires_grad], lr=1e-4, momentum=recipe.momentum,
@@ -110,7 +115,8 @@ def steps(model, data_path, threads, per_block, rounds, micro_batch, images=1024
         log(f"  block {r}: ours {' '.join(f'{v:.2f}' for v in a[-per_block:])} s   "
             f"torch {' '.join(f'{v:.2f}' for v in b[-per_block:])} s")
     how = f"two shards of {cfg.micro_batch}" if cfg.micro_batch else "one pass"
-    log(f"{model}, batch {cfg.batch_size}, {threads} threads, ours as {how}: ours median {statistics.median(a):.2f} s, "
+    log(f"{model}, batch {cfg.batch_size}, {threads} threads, whitening bias {'trained' if whiten_bias else 'frozen'}, "
+        f"ours as {how}: ours median {statistics.median(a):.2f} s, "
         f"torch median {statistics.median(b):.2f} s, ratio {statistics.median(a) / statistics.median(b):.2f}")
     return statistics.median(a), statistics.median(b)
 
@@ -243,6 +249,8 @@ def main(argv=None):
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--micro-batch", type=int, help="our shards' size (default: the recipe's, 512; 0: one pass)")
     s.add_argument("--images", type=int, default=10240, help="training images to draw the batches from")
+    s.add_argument("--frozen-whitening-bias", action="store_true",
+                   help="time the epochs after the whitening bias freezes (default: the first epochs, where it trains)")
     lay = sub.add_parser("layers", help="each layer shape on one thread")
     lay.add_argument("--model", choices=sorted(RECIPES), default="airbench94")
     lay.add_argument("--batch", type=int, default=512)
@@ -268,7 +276,8 @@ def main(argv=None):
 
     reuse_freed_memory()
     if args.what == "steps":
-        steps(args.model, args.data, args.threads, args.per_block, args.rounds, args.micro_batch, args.images)
+        steps(args.model, args.data, args.threads, args.per_block, args.rounds, args.micro_batch, args.images,
+              whiten_bias=not args.frozen_whitening_bias)
     else:
         layers(args.model, args.batch, args.reps, args.only)
     return 0
