@@ -335,6 +335,10 @@ def test_tta_views_and_weights():
         logits(down_right) + logits(down_right[..., ::-1]) + logits(up_left) + logits(up_left[..., ::-1]))
     np.testing.assert_allclose(tta.predict(probe, x, level=2), expected)
     np.testing.assert_allclose(tta.predict(probe, x, level=2, batch_size=6), expected)  # one image per pass
+    for level, batch_size in ((2, 1000), (2, 6), (1, 3), (0, 1)):  # the plain logits come with any level's
+        logits_, plain = tta.predict(probe, x, level=level, batch_size=batch_size, return_plain=True)
+        np.testing.assert_array_equal(logits_, tta.predict(probe, x, level=level, batch_size=batch_size))
+        np.testing.assert_array_equal(plain, logits(x))
     assert probe.training  # the mode is restored
     assert tta.views(x, 2).shape == (12, 1, 4, 4)
     with pytest.raises(ValueError, match="level"):
@@ -565,6 +569,18 @@ def test_recipe_refuses_a_checkpoint_that_does_not_fit_naming_the_part(small_run
     save_state(out / "checkpoint.npz", state)
     with pytest.raises(CheckpointError, match=f"cannot resume from it: its {part} state does not fit this run"):
         _run(out, "--resume")
+
+
+def test_the_final_evaluation_is_one_pass_over_the_views(tmp_path, monkeypatch):
+    """The plain and TTA scores of the last epoch come from one pass (the first view is the
+    plain image): predict runs once, not once per score."""
+    calls, real = [], tta.predict
+    monkeypatch.setattr(tta, "predict", lambda *a, **k: calls.append(k) or real(*a, **k))
+    out = tmp_path / "once"
+    _run(out, "--no-epoch-eval", "--tta-level", "2")
+    assert [(k["level"], k.get("return_plain")) for k in calls] == [(2, True)]
+    last = _records(out)[-1]
+    assert 0 <= last["test_acc"] <= 1 and 0 <= last["tta_test_acc"] <= 1
 
 
 def test_recipe_without_epoch_eval_trains_the_same(small_run, tmp_path):

@@ -70,10 +70,12 @@ def combine(logits, level):
     return 0.5 * mirror + 0.5 * translated
 
 
-def predict(model, images, level=2, batch_size=1000):
+def predict(model, images, level=2, batch_size=1000, return_plain=False):
     """Logits (N, classes) of ``model`` on ``images`` (an (N, C, H, W) float array), averaged
     over the views of ``level``. ``batch_size`` bounds the images per forward pass, views
-    included (at least one image's views)."""
+    included (at least one image's views). With ``return_plain``, also the logits of the
+    images alone, ``(logits, plain)``: the first of the views, so a plain evaluation beside
+    a TTA one costs no second pass."""
     _check(level)
     x = np.asarray(images) if not hasattr(images, "__cuda_array_interface__") else images
     if x.ndim != 4:
@@ -85,13 +87,15 @@ def predict(model, images, level=2, batch_size=1000):
     if hasattr(model, "eval"):
         model.eval()
     try:
-        parts = []
+        parts, plain = [], []
         with no_grad():
             for lo in range(0, x.shape[0], chunk):
-                out = model(Tensor(views(x[lo:lo + chunk], level)))
-                parts.append(combine(out.data, level))
+                out = model(Tensor(views(x[lo:lo + chunk], level))).data
+                parts.append(combine(out, level))
+                plain.append(out[:len(parts[-1])])  # view 0: the images as they are
     finally:
         if was_training:
             model.train()
     xp = array_module(x)
-    return xp.concatenate(parts) if parts else xp.zeros((0, 0), dtype=x.dtype)
+    join = (lambda p: xp.concatenate(p) if p else xp.zeros((0, 0), dtype=x.dtype))
+    return (join(parts), join(plain)) if return_plain else join(parts)

@@ -123,7 +123,17 @@ def train_transform(recipe: Recipe, seed, mean, std, size, augment=True):
 
 def evaluate(model, images, labels, level, batch_size):
     """(mean cross-entropy, accuracy) of the model's TTA logits at ``level`` (0: plain)."""
-    logits = tta.predict(model, images, level=level, batch_size=batch_size)
+    return _scores(tta.predict(model, images, level=level, batch_size=batch_size), labels)
+
+
+def evaluate_plain_and_tta(model, images, labels, level, batch_size):
+    """((loss, accuracy) of the images alone, (loss, accuracy) with TTA at ``level``), from one
+    pass over the views (the first view is the image alone)."""
+    logits, plain = tta.predict(model, images, level=level, batch_size=batch_size, return_plain=True)
+    return _scores(plain, labels), _scores(logits, labels)
+
+
+def _scores(logits, labels):
     if not len(labels):
         return float("nan"), float("nan")
     loss = F.cross_entropy(tc.Tensor(logits), labels).item()
@@ -292,11 +302,11 @@ def run(cfg, log=print, command=None, overwrite=False, interrupt=None, datasets=
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                   "test_loss": None, "test_acc": None, "images": seen, "steps": steps,
                   "lr": float(optimizer.param_groups[1]["lr"]), "train_time": train_time}
-        if cfg.epoch_eval or last:
+        if last and cfg.tta_level:  # plain and TTA scores from one pass over the views
+            (record["test_loss"], record["test_acc"]), (record["tta_test_loss"], record["tta_test_acc"]) = \
+                evaluate_plain_and_tta(model, test_images, test_labels, cfg.tta_level, cfg.eval_batch_size)
+        elif cfg.epoch_eval or last:
             record["test_loss"], record["test_acc"] = evaluate(model, test_images, test_labels, 0, cfg.eval_batch_size)
-        if last and cfg.tta_level:
-            record["tta_test_loss"], record["tta_test_acc"] = evaluate(model, test_images, test_labels,
-                                                                       cfg.tta_level, cfg.eval_batch_size)
         elapsed = cli.clock() - started
         record["eval_time"] = cli.clock() - t0 - train_time
         record["wall_time"] = elapsed
