@@ -134,6 +134,7 @@ def evaluate_plain_and_tta(model, images, labels, level, batch_size):
 
 
 def _scores(logits, labels):
+    """(mean cross-entropy, accuracy) of (N, classes) logits; NaNs for an empty test set."""
     if not len(labels):
         return float("nan"), float("nan")
     loss = F.cross_entropy(tc.Tensor(logits), labels).item()
