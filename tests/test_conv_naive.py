@@ -7,6 +7,8 @@ no cleverness about padding, so they are easy to read and hard to get wrong.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import example, given
@@ -639,3 +641,29 @@ def test_conv2d_primitive_keeps_its_input_not_its_columns():
     assert kept <= x.data.nbytes + w.data.nbytes + 8 * 4 * 16 * 16 * 8
     cols = saved_bytes(F.im2col(x, 3, 1, 1).sum())
     assert cols >= 9 * x.data.nbytes
+
+
+@pytest.mark.parametrize("kernel, stride, padding, shape", [
+    (2, 2, 0, (2, 3, 5, 5)),        # tiled windows, an odd edge left out
+    (3, 2, 1, (2, 3, 6, 7)),        # overlapping windows: shared winners accumulate
+    ((3, 1), (1, 1), (1, 0), (1, 2, 5, 4)),
+    (2, 1, 0, (1, 2, 4, 4)),
+])
+def test_max_pool_routes_inf_and_nan_only_to_the_winner(kernel, stride, padding, shape):
+    """Regression: routing multiplied g by a 0/1 mask, so an inf in g put inf * 0 = NaN on
+    the window's other elements (PyTorch leaves them 0), with a RuntimeWarning. Now a g with
+    non-finite values is routed by masked copies: exactly the loops' result."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    _, where = naive_max_pool2d(x, (kh, kw), (sh, sw), (ph, pw))
+    t = Tensor(x, requires_grad=True)
+    out = F.max_pool2d(t, kernel, stride, padding)
+    g = rng.integers(-3, 4, out.shape).astype(np.float64)  # small integers: sums are exact in any order
+    g.flat[[0, 3, 5]] = [np.inf, np.nan, -np.inf]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in multiply"
+        out.backward(g)
+    np.testing.assert_array_equal(t.grad.numpy(), naive_max_pool2d_backward(g, where, x.shape))

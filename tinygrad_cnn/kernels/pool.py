@@ -143,6 +143,10 @@ def max_pool2d_backward(g, winners, x_shape, kernel, stride, padding, out_hw, di
     # zero unless the windows cover every element.
     covered = _tiled(kw, sw, dw) and rows_shape[2] == src_shape[2] and rows_shape[3] * kw == src_shape[3]
     gx = _empty(xp, src_shape, g.dtype, channel_major, zero=not covered)
+    # Routing multiplies g by a 0/1 mask, one pass; an inf or NaN in g would make inf * 0 =
+    # NaN at the window's other elements, where PyTorch leaves 0. One sum over g (a quarter
+    # of gx for 2x2 windows) tells; then masked copies route it exactly.
+    exact = not bool(xp.isfinite(g.sum()))
 
     def route(lo, hi):
         for block in _blocks(lo, hi, src_shape[0], src_shape[2] * src_shape[3]):
@@ -150,9 +154,9 @@ def max_pool2d_backward(g, winners, x_shape, kernel, stride, padding, out_hw, di
             g_rows = _empty(xp, g_block.shape[:2] + rows_shape[2:], g.dtype, channel_major,
                             zero=not _tiled(kh, sh, dh))
             _route(xp, g_block, None if row_win is None else row_win[block],
-                   [g_rows[t] for t in row_taps], _overlap_free(kh, sh, dh))
+                   [g_rows[t] for t in row_taps], _overlap_free(kh, sh, dh), exact)
             _route(xp, g_rows, None if col_win is None else col_win[block],
-                   [gx[t][block] for t in col_taps], _overlap_free(kw, sw, dw))
+                   [gx[t][block] for t in col_taps], _overlap_free(kw, sw, dw), exact)
 
     parallel_ranges(src_shape[1], route, int(np.prod(src_shape)))
     return _crop(gx, padding, x_shape)
@@ -365,14 +369,25 @@ def _running_max(xp, taps, out, winner):
         xp.maximum(out, tap, out=out)
 
 
-def _route(xp, g, winner, targets, tiles):
+def _route(xp, g, winner, targets, tiles, exact=False):
     """Send ``g`` to the tap that won: ``targets[k] (+)= g * (winner == k)``; ``tiles``
-    means the targets do not overlap, so each can be written instead of accumulated."""
+    means the targets do not overlap, so each can be written instead of accumulated.
+    ``exact``: copy g where the tap won and leave 0 elsewhere (for a g with infinities or
+    NaNs, which the multiply by 0 would spread to the taps that lost)."""
     if winner is None:  # a single tap takes everything
         if tiles:
             targets[0][...] = g
         else:
             targets[0] += g
+        return
+    if exact:
+        for k, target in enumerate(targets):
+            won = winner == k
+            if tiles:
+                target[...] = 0
+                xp.copyto(target, g, where=won)
+            else:
+                xp.add(target, g, out=target, where=won)
         return
     mask = xp.empty_like(g)
     for k, target in enumerate(targets):
