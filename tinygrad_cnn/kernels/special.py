@@ -327,8 +327,7 @@ def gelu_backward(g, x, approximate="none", slope=None):
             else:
                 o[lo:hi] = sf[lo:hi] * gf[lo:hi].astype(sf.dtype)
 
-        parallel_ranges(o.size, lambda lo, hi: [scale(b, min(hi, b + _GELU_BLOCK))
-                                                 for b in range(lo, hi, _GELU_BLOCK)], 3 * o.size)
+        _in_blocks(array_module(o), o.size, sf.dtype, 0, scale)
         return out
     out, o, (gf, xf) = _flat_views(g, x)
     if x.dtype == np.float64 and approximate == "none":
