@@ -153,6 +153,26 @@ def sync_batch_norm(comm):
 
 
 @check
+def profiled_waits(comm):
+    """Under ``tc.profile``, the time a rank waits in BatchNorm's exchange for a late rank is
+    the ``(shard wait)`` row's, not batch_norm's."""
+    import time
+
+    delay = 0.3
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    bn = tc.nn.BatchNorm2d(3)
+    with tc.profile() as prof, comm.sync_batch_norm():
+        if comm.rank == comm.size - 1:
+            time.sleep(delay)  # the last rank reaches the exchange late
+        bn(tc.Tensor(x))
+    forward = {name: f for name, _, f, _, _ in prof.rows()}["batch_norm"]
+    if comm.rank == 0:
+        assert prof.wait >= 0.8 * delay and prof.waits >= 1, (prof.wait, prof.waits)
+    assert forward < 0.5 * delay, forward
+
+
+@check
 def sharded_loader(comm):
     """The ranks' slices, put together, are the single-process loader's batches, augmentation
     included; resuming mid-epoch works as the loader's own state does."""

@@ -90,9 +90,9 @@ def test_collectives():
 def test_batch_norm_and_data_across_ranks_equal_the_single_process_batch(ranks):
     """BatchNorm under sync_batch_norm equals the whole batch's (3 ranks: a batch of 13 splits
     4/4/5, which the loss scaling makes up for), and the sharded loader's slices are the
-    single-process loader's batches."""
-    out = ok(mpirun(ranks, CHECKS, "sync-batch-norm", "sharded-loader")).stdout
-    assert "ok sync-batch-norm" in out and "ok sharded-loader" in out
+    single-process loader's batches; the profiler shows a rank's wait for a late one as a wait."""
+    out = ok(mpirun(ranks, CHECKS, "sync-batch-norm", "sharded-loader", "profiled-waits")).stdout
+    assert "ok sync-batch-norm" in out and "ok sharded-loader" in out and "ok profiled-waits" in out
 
 
 @needs_mpi

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -69,3 +70,68 @@ def test_profile_env_var_prints_a_table_at_exit():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert "tinygrad_cnn profile (TINYGRAD_CNN_PROFILE=1)" in out
     assert "mul" in out and "sum" in out and "wall" in out
+
+
+def _late_shard_step(monkeypatch, delay):
+    """One synchronised-BatchNorm step of two shards on two threads, shard 1 arriving
+    ``delay`` seconds late at BatchNorm's forward and at its backward exchange."""
+    from tinygrad_cnn import nn
+    from tinygrad_cnn.kernels import norm as norm_kernels
+    from tinygrad_cnn.threads import current_shard
+
+    backward = norm_kernels.batch_norm_backward
+
+    def late_backward(*args, **kwargs):
+        if current_shard()[1] == 1:
+            time.sleep(delay)
+        return backward(*args, **kwargs)
+
+    monkeypatch.setattr(norm_kernels, "batch_norm_backward", late_backward)
+    rng = np.random.default_rng(0)
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4)
+    x = rng.standard_normal((8, 3, 6, 6)).astype(np.float32)
+
+    def loss_fn(xb):
+        if current_shard()[1] == 1:
+            time.sleep(delay)
+        h = bn(conv(Tensor(xb)))
+        return (h * h).mean()
+
+    with tc.profile() as prof:
+        tc.parallel.accumulate_gradients(loss_fn, (x,), [*conv.parameters(), *bn.parameters()], 4, threads=2,
+                                         sync_batch_norm=True)
+    return prof
+
+
+def test_shards_waiting_for_each_other_are_a_row_of_their_own(monkeypatch):
+    delay = 0.3
+    prof = _late_shard_step(monkeypatch, delay)
+    rows = {name: (calls, f, b) for name, calls, f, b, _ in prof.rows()}
+    # shard 0 waited ~delay at BatchNorm's forward exchange and ~delay at its backward one
+    assert prof.wait >= 1.6 * delay and prof.waits >= 4
+    # BatchNorm's rows hold its kernels' time: shard 1's sleep in the backward (its own
+    # compute, as far as any profiler can tell), not shard 0's two waits for shard 1
+    assert rows["batch_norm"][1] < 0.5 * delay
+    assert delay <= rows["batch_norm"][2] < 1.5 * delay
+    assert all(f >= 0 and b >= 0 for _, f, b in rows.values())
+    lines = {line.split()[0]: line for line in prof.table().splitlines()}
+    assert "(shard" in lines  # "(shard wait)": the calls column counts the exchanges waited at
+    assert int(lines["(shard"].split()[2]) == prof.waits
+
+
+def test_waits_inside_a_vjp_are_taken_out_once():
+    prof = tc.profile()
+    with prof:
+        from tinygrad_cnn import tensor as t
+
+        t0 = time.perf_counter()
+        time.sleep(0.05)
+        prof.record_wait(0.04)  # a wait inside an op that runs inside a VJP
+        prof.record("inner", "forward", time.perf_counter() - t0)
+        time.sleep(0.02)
+        prof.record("outer", "backward", time.perf_counter() - t0)
+        assert t._profiler is prof
+    rows = {name: (calls, f, b) for name, calls, f, b, _ in prof.rows()}
+    assert "inner" not in rows  # its time is the VJP's
+    assert 0.03 <= rows["outer"][2] < 0.06  # 0.07 s less the 0.04 s wait, not less twice
+    assert prof.wait == 0.04 and prof.waits == 1

@@ -388,7 +388,11 @@ class _BatchNormGroup:
         digest = hashlib.blake2b(f"{what}|{[(d.str, s) for d, s in layout]}".encode(), digest_size=8).digest()
         mine = _pack([np.frombuffer(digest, np.uint8)] + items)
         everyone = np.empty((self.size, mine.size), np.uint8)
-        self.comm.comm.Allgather(mine, everyone)
+        listener = threads.wait_listener
+        started = time.perf_counter()
+        self.comm.comm.Allgather(mine, everyone)  # also the wait for the slowest rank
+        if listener is not None:
+            listener(time.perf_counter() - started)
         others = [r for r in range(self.size) if bytes(everyone[r, :8]) != digest]
         if others:
             raise RuntimeError(f"{what}: rank(s) {', '.join(map(str, others))} reached another point (another "

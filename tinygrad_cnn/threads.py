@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 
 _pool = None
+# ``fn(seconds)`` of the active profiler (tinygrad_cnn.profile), told of every wait for the
+# other shards of a batch, so that the time a shard spends idle at an exchange point is not
+# counted as the time of the op it waited in; None when no profiler is on.
+wait_listener = None
 _MIN_PARALLEL = 1 << 20  # elements; below this a thread hand-off costs more than it saves
 _serial = threading.local()  # .on: this thread's ops must not fan out (see run_serially)
 _CPUS = max(1, os.cpu_count() or 1)  # asked once: the call costs ~10 us, and ops ask on every call
@@ -79,7 +84,13 @@ class ShardGroup:
         slots = self._slots[self._rounds[rank] % 2]
         self._rounds[rank] += 1
         slots[rank] = (what, value)
-        self._barrier.wait()
+        listener = wait_listener
+        if listener is None:
+            self._barrier.wait()
+        else:
+            started = time.perf_counter()
+            self._barrier.wait()
+            listener(time.perf_counter() - started)
         arrived = list(slots)
         if any(w != what for w, _ in arrived):
             raise RuntimeError(f"{what}: the shards of the batch reached different points "
