@@ -38,10 +38,12 @@ def _median_time(fn, reps):
     return statistics.median(times)
 
 
-def steps(model, data_path, threads, per_block, rounds, micro_batch, images=10240, whiten_bias=True, log=print):
+def steps(model, data_path, threads, per_block, rounds, micro_batch, images=10240, whiten_bias=True, log=print,
+          profile=False):
     """Median step times, ours and PyTorch's, in alternating blocks. ``whiten_bias``: the
     whitening bias trains (the recipe's first epochs: the first conv's input gradient is
-    needed) or is frozen (the epochs after)."""
+    needed) or is frozen (the epochs after). ``profile``: then ``per_block`` more of our steps
+    under ``tc.profile``, whose table shows the shards' time per op and waiting for each other."""
     import torch
 
     import tinygrad_cnn as tc
@@ -104,8 +106,9 @@ def steps(model, data_path, threads, per_block, rounds, micro_batch, images=1024
         topt.step()
         return time.perf_counter() - t
 
-    if per_block * rounds + 1 > len(loader):
-        raise SystemExit(f"error: {per_block * rounds + 1} steps need more than the {images} images of --images")
+    needed = per_block * (rounds + bool(profile)) + 1
+    if needed > len(loader):
+        raise SystemExit(f"error: {needed} steps need more than the {images} images of --images")
     ours()
     theirs()  # warm-up
     a, b = [], []
@@ -118,6 +121,11 @@ def steps(model, data_path, threads, per_block, rounds, micro_batch, images=1024
     log(f"{model}, batch {cfg.batch_size}, {threads} threads, whitening bias {'trained' if whiten_bias else 'frozen'}, "
         f"ours as {how}: ours median {statistics.median(a):.2f} s, "
         f"torch median {statistics.median(b):.2f} s, ratio {statistics.median(a) / statistics.median(b):.2f}")
+    if profile:
+        with tc.profile() as prof:
+            for _ in range(per_block):
+                ours()
+        log(f"ours, {per_block} more steps profiled (op times summed over the shards' threads):\n{prof.table()}")
     return statistics.median(a), statistics.median(b)
 
 
@@ -251,6 +259,8 @@ def main(argv=None):
     s.add_argument("--images", type=int, default=10240, help="training images to draw the batches from")
     s.add_argument("--frozen-whitening-bias", action="store_true",
                    help="time the epochs after the whitening bias freezes (default: the first epochs, where it trains)")
+    s.add_argument("--profile", action="store_true",
+                   help="then profile --per-block more of our steps: time per op, and the shards' waits for each other")
     lay = sub.add_parser("layers", help="each layer shape on one thread")
     lay.add_argument("--model", choices=sorted(RECIPES), default="airbench94")
     lay.add_argument("--batch", type=int, default=512)
@@ -277,7 +287,7 @@ def main(argv=None):
     reuse_freed_memory()
     if args.what == "steps":
         steps(args.model, args.data, args.threads, args.per_block, args.rounds, args.micro_batch, args.images,
-              whiten_bias=not args.frozen_whitening_bias)
+              whiten_bias=not args.frozen_whitening_bias, profile=args.profile)
     else:
         layers(args.model, args.batch, args.reps, args.only)
     return 0
