@@ -84,12 +84,9 @@ class ShardGroup:
         slots = self._slots[self._rounds[rank] % 2]
         self._rounds[rank] += 1
         slots[rank] = (what, value)
-        listener = wait_listener
-        if listener is None:
-            self._barrier.wait()
-        else:
-            started = time.perf_counter()
-            self._barrier.wait()
+        listener, started = wait_listener, time.perf_counter()
+        self._barrier.wait()
+        if listener is not None:
             listener(time.perf_counter() - started)
         arrived = list(slots)
         if any(w != what for w, _ in arrived):
